@@ -1,0 +1,271 @@
+"""Composition root: settings -> adapters -> scheduler -> signals -> close.
+
+Only this module knows every piece. ``Relay`` owns the HTTP session, the store, the
+Voucherify client, the poller, the dispatcher and the APScheduler jobs.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import fcntl
+import signal
+import time
+from collections.abc import Callable, Coroutine, Sequence
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import IO, Any
+
+import aiohttp
+import structlog
+from apscheduler.schedulers.asyncio import AsyncIOScheduler
+
+from daemon.budget import WINDOW_S, RequestBudget
+from daemon.errors import AuthError, BudgetExhaustedError, RateLimitedError, StoreError, VoucherifyError
+from daemon.model import Event
+from daemon.outbox import DeliveryPolicy, Dispatcher
+from daemon.poller import Poller, PollReport
+from daemon.settings import RelaySettings
+from daemon.sinks import Sink
+from daemon.sinks.webhook import WebhookSink
+from daemon.store.sqlite import SqliteStateStore
+from daemon.voucherify import RetryPolicy, VoucherifyClient
+
+log = structlog.get_logger("daemon.app")
+DISPATCH_INTERVAL_S = 1.0
+PRUNE_INTERVAL_S = 3600.0
+SHUTDOWN_GRACE_S = 20.0
+AUTH_BACKOFF_S = (60.0, 900.0)
+
+
+def build_sinks(settings: RelaySettings, session: aiohttp.ClientSession) -> dict[str, Sink]:
+    """Create one adapter per configured sink."""
+    sinks: dict[str, Sink] = {}
+    for name, spec in settings.all_sinks().items():
+        sinks[name] = WebhookSink(name, spec, session)
+    return sinks
+
+
+def open_store(settings: RelaySettings) -> SqliteStateStore:
+    """Open the state database named by RELAY_STATE_URL."""
+    return SqliteStateStore(settings.state_path)
+
+
+class InstanceLock:
+    """An exclusive lock beside the database, so two relays never share one outbox."""
+
+    def __init__(self, db_path: Path) -> None:
+        self._path = db_path.with_name(db_path.name + ".lock")
+        self._file: IO[str] | None = None
+
+    def acquire(self) -> None:
+        """Take the lock or raise StoreError naming the file."""
+        self._path.parent.mkdir(parents=True, exist_ok=True)
+        handle = self._path.open("a")
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            handle.close()
+            msg = f"another voucherify-relay is already running on this state database (lock {self._path} is held)"
+            raise StoreError(msg) from None
+        self._file = handle
+
+    def release(self) -> None:
+        """Release the lock."""
+        if self._file is not None:
+            self._file.close()
+            self._file = None
+
+
+class Relay:
+    """The running daemon: poll and dispatch jobs on one event loop."""
+
+    def __init__(self, settings: RelaySettings, *, retry: RetryPolicy | None = None) -> None:
+        self.settings = settings
+        self._retry = retry
+        self._lock = InstanceLock(settings.state_path)
+        self._tasks: set[asyncio.Task[Any]] = set()
+        self._resume_at = 0.0
+        self._auth_failures = 0
+        self.last_poll: PollReport | None = None
+        self.last_poll_ok_at: float | None = None
+
+    async def start(self) -> None:
+        """Open the database, the HTTP session and the adapters; start the scheduler."""
+        self._lock.acquire()
+        try:
+            self.store = open_store(self.settings)
+        except StoreError:
+            self._lock.release()
+            raise
+        self._session = aiohttp.ClientSession(raise_for_status=False)
+        history = self.store.api_calls_since(time.time() - WINDOW_S)
+        budget = RequestBudget(self.settings.api_budget_per_hour, history=history)
+        self.client = VoucherifyClient(
+            self._session,
+            base_url=self.settings.voucherify_api_url,
+            app_id=self.settings.voucherify_app_id or "",
+            app_token=self.settings.voucherify_app_token.get_secret_value() if self.settings.voucherify_app_token else "",
+            budget=budget,
+            retry=self._retry or RetryPolicy(max_attempts=self.settings.api_max_attempts),
+            timeout_s=self.settings.api_timeout_s,
+            on_request=lambda at: self.store.record_api_calls([at]),
+        )
+        self.sinks = build_sinks(self.settings, self._session)
+        self.poller = Poller(
+            client=self.client,
+            store=self.store,
+            route=self.route,
+            page_size=self.settings.list_page_size,
+            max_pages=self.settings.max_pages_per_cycle,
+            backfill=self.settings.backfill,
+        )
+        policy = DeliveryPolicy(max_delay_s=self.settings.delivery_retry_max_delay, max_age_s=self.settings.delivery_max_age.total_seconds())
+        self.dispatcher = Dispatcher(store=self.store, sinks=self.sinks, policy=policy)
+        self._scheduler = AsyncIOScheduler(job_defaults={"coalesce": True, "max_instances": 1, "misfire_grace_time": None})
+        now = _now_dt()
+        self._scheduler.add_job(self._guard(self.poll), "interval", seconds=self.settings.poll_interval, id="poll", next_run_time=now)
+        self._scheduler.add_job(self._guard(self.dispatch), "interval", seconds=DISPATCH_INTERVAL_S, id="dispatch", next_run_time=now)
+        self._scheduler.add_job(self._guard(self.prune), "interval", seconds=PRUNE_INTERVAL_S, id="prune", next_run_time=now)
+        self._scheduler.start()
+        log.info(
+            "relay.started",
+            api_url=self.settings.voucherify_api_url,
+            poll_interval_s=self.settings.poll_interval,
+            state=str(self.settings.state_path),
+            sinks={name: sink.describe() for name, sink in self.sinks.items()},
+            first_run=self.store.load_cursor().first_run,
+            backfill_s=self.settings.backfill.total_seconds() if self.settings.backfill else None,
+        )
+
+    def route(self, event: Event) -> Sequence[str]:  # noqa: ARG002 - per-sink filters come with routing
+        """Return the sinks an event goes to."""
+        return list(self.sinks)
+
+    def _guard(self, job: Callable[[], Coroutine[Any, Any, None]]) -> Callable[[], Coroutine[Any, Any, None]]:
+        """Track the running job so shutdown can wait for it."""
+
+        async def run() -> None:
+            task = asyncio.current_task()
+            if task is not None:
+                self._tasks.add(task)
+            try:
+                await job()
+            finally:
+                if task is not None:
+                    self._tasks.discard(task)
+
+        run.__name__ = job.__name__
+        return run
+
+    async def poll(self) -> None:
+        """Run one poll cycle; log its outcome; never raise."""
+        if time.time() < self._resume_at:
+            return
+        started = time.perf_counter()
+        try:
+            report = await self.poller.poll_once()
+        except AuthError as exc:
+            self._auth_backoff(exc)
+            return
+        except (RateLimitedError, BudgetExhaustedError) as exc:
+            self._resume_at = exc.retry_at
+            log.warning("poll.deferred", caused_by=str(exc), resume_in_s=round(exc.retry_at - time.time(), 1))
+            return
+        except VoucherifyError as exc:
+            log.warning("poll.failed", caused_by=str(exc), hint="retried next cycle")
+            return
+        except StoreError as exc:
+            log.error("poll.store_failed", caused_by=str(exc))
+            return
+        except Exception:  # noqa: BLE001 - one bad cycle never stops the daemon
+            log.exception("poll.crashed")
+            return
+        self._auth_failures = 0
+        self.last_poll, self.last_poll_ok_at = report, time.time()
+        self._log_cycle(report, started)
+        if report.events:
+            self._wake_dispatch()
+
+    def _log_cycle(self, report: PollReport, started: float) -> None:
+        stats = self.store.outbox_stats()
+        log.info(
+            "poll.completed",
+            listed=report.listed,
+            pages=report.pages,
+            transitions=report.transitions,
+            events=report.events,
+            in_flight=report.in_flight,
+            api_calls=report.api_calls,
+            rate_limit_remaining=self.client.rate_limit_remaining,
+            outbox_pending=stats.pending,
+            dead_letters=stats.dead,
+            baseline=report.first_run or None,
+            duration_ms=round((time.perf_counter() - started) * 1000, 1),
+        )
+
+    def _auth_backoff(self, exc: AuthError) -> None:
+        self._auth_failures += 1
+        pause = min(AUTH_BACKOFF_S[1], AUTH_BACKOFF_S[0] * 2 ** (self._auth_failures - 1))
+        self._resume_at = time.time() + pause
+        log.error("poll.auth_failed", caused_by=str(exc), retry_in_s=pause, failures=self._auth_failures)
+
+    def _wake_dispatch(self) -> None:
+        job = self._scheduler.get_job("dispatch")
+        if job is not None:
+            job.modify(next_run_time=_now_dt())
+
+    async def dispatch(self) -> None:
+        """Send due deliveries; never raise."""
+        try:
+            await self.dispatcher.dispatch_once()
+        except StoreError as exc:
+            log.error("dispatch.store_failed", caused_by=str(exc))
+        except Exception:  # noqa: BLE001 - one bad delivery never stops the daemon
+            log.exception("dispatch.crashed")
+
+    async def prune(self) -> None:
+        """Delete delivered rows and terminal actions older than RELAY_RETENTION."""
+        try:
+            deliveries, actions = self.store.prune(older_than=time.time() - self.settings.retention.total_seconds())
+        except StoreError as exc:
+            log.error("prune.failed", caused_by=str(exc))
+            return
+        if deliveries or actions:
+            log.info("prune.completed", deliveries=deliveries, actions=actions)
+
+    async def stop(self, *, grace_s: float = SHUTDOWN_GRACE_S) -> None:
+        """Stop scheduling, let running jobs finish within the grace period, close everything."""
+        if self._scheduler.running:
+            self._scheduler.shutdown(wait=False)
+        running = [t for t in self._tasks if not t.done()]
+        if running:
+            _, pending = await asyncio.wait(running, timeout=grace_s)
+            for task in pending:
+                task.cancel()
+            if pending:
+                log.warning("relay.shutdown_cancelled", jobs=len(pending), hint="unsent deliveries stay due in the outbox")
+        await self._session.close()
+        self.store.close()
+        self._lock.release()
+        log.info("relay.stopped")
+
+
+async def run_relay(settings: RelaySettings, *, stop: asyncio.Event | None = None, retry: RetryPolicy | None = None) -> None:
+    """Run the relay until SIGTERM/SIGINT (or ``stop`` is set)."""
+    stop = stop or asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        with contextlib.suppress(NotImplementedError, RuntimeError):
+            loop.add_signal_handler(signum, stop.set)
+    relay = Relay(settings, retry=retry)
+    await relay.start()
+    try:
+        await stop.wait()
+        log.info("relay.stopping")
+    finally:
+        await relay.stop()
+
+
+def _now_dt() -> datetime:
+    return datetime.now(tz=UTC)

@@ -1,0 +1,132 @@
+"""The ``voucherify-relay`` command: subcommands and exit codes, no business logic.
+
+Exit codes: 0 success; 1 a runtime failure (API, database); 2 bad usage;
+78 (EX_CONFIG) invalid configuration, with one line naming the variable.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import sys
+import time
+from collections.abc import Sequence
+from datetime import UTC, datetime
+
+from daemon import __version__
+from daemon.errors import ConfigError, RelayError
+from daemon.logs import configure_logging
+from daemon.settings import RelaySettings, load_settings
+
+EX_CONFIG = 78
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """Describe the command line."""
+    parser = argparse.ArgumentParser(prog="voucherify-relay", description="Push notifications for Voucherify async actions.")
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    commands.add_parser("run", help="run the relay in the foreground (the daemon)")
+    commands.add_parser("check", help="validate the configuration and make one cheap API call")
+    demo = commands.add_parser("demo", help="watch events flow: a built-in Voucherify stand-in, a local receiver and the relay")
+    demo.add_argument("--seconds", type=float, default=None, help="stop after this long (default: when the show is over)")
+    outbox = commands.add_parser("outbox", help="inspect and replay deliveries").add_subparsers(dest="outbox_command", required=True, metavar="ACTION")
+    listing = outbox.add_parser("list", help="list pending deliveries (or dead letters with --dead)")
+    listing.add_argument("--dead", action="store_true", help="list the dead-letter list instead")
+    listing.add_argument("--json", action="store_true", help="one JSON object per line")
+    listing.add_argument("--limit", type=int, default=100)
+    replay = outbox.add_parser("replay", help="make deliveries due again (same event id)")
+    target = replay.add_mutually_exclusive_group(required=True)
+    target.add_argument("row_id", nargs="?", type=int, help="the outbox row id (from `outbox list`)")
+    target.add_argument("--dead", action="store_true", help="replay every dead letter")
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the command line; return the exit status."""
+    args = build_parser().parse_args(argv)
+    try:
+        return _dispatch(args)
+    except ConfigError as exc:
+        print(f"voucherify-relay: configuration error: {exc}", file=sys.stderr)
+        return EX_CONFIG
+    except RelayError as exc:
+        print(f"voucherify-relay: {exc}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        return 130
+
+
+def _dispatch(args: argparse.Namespace) -> int:
+    if args.command == "run":
+        return _run()
+    if args.command == "check":
+        return _check()
+    if args.command == "demo":
+        from daemon.demo import run_demo  # noqa: PLC0415 - the stand-in is only loaded for the demo
+
+        return asyncio.run(run_demo(seconds=args.seconds))
+    if args.outbox_command == "list":
+        return _outbox_list(dead=args.dead, as_json=args.json, limit=args.limit)
+    return _outbox_replay(row_id=args.row_id, dead=args.dead)
+
+
+def _settings(*, require_api: bool = True, require_sink: bool = True) -> RelaySettings:
+    settings = load_settings(require_api=require_api, require_sink=require_sink)
+    configure_logging(level=settings.log_level, fmt=settings.log_format, secrets=settings.secret_values())
+    return settings
+
+
+def _run() -> int:
+    from daemon.app import run_relay  # noqa: PLC0415
+
+    asyncio.run(run_relay(_settings()))
+    return 0
+
+
+def _check() -> int:
+    from daemon.check import run_check  # noqa: PLC0415
+
+    return asyncio.run(run_check(_settings(require_sink=False)))
+
+
+def _outbox_list(*, dead: bool, as_json: bool, limit: int) -> int:
+    from daemon.app import open_store  # noqa: PLC0415
+
+    store = open_store(_settings(require_api=False, require_sink=False))
+    rows = store.list_outbox(dead=dead, limit=limit)
+    store.close()
+    if as_json:
+        for row in rows:
+            print(json.dumps(_row_dict(row)))
+        return 0
+    if not rows:
+        print("no dead letters" if dead else "no pending deliveries")
+        return 0
+    print(f"{'ROW':>6}  {'SINK':<12} {'EVENT':<22} {'ACTION':<22} {'TRIES':>5}  {'NEXT ATTEMPT':<20} LAST ERROR")
+    for row in rows:
+        nxt = _when(row.next_attempt_at) if row.next_attempt_at else "-"
+        print(f"{row.row_id:>6}  {row.sink:<12} {row.event_type:<22} {row.action_id:<22} {row.attempts:>5}  {nxt:<20} {row.last_error or ''}")
+    return 0
+
+
+def _row_dict(row: object) -> dict[str, object]:
+    return {name: getattr(row, name) for name in row.__slots__}  # type: ignore[attr-defined]
+
+
+def _outbox_replay(*, row_id: int | None, dead: bool) -> int:
+    from daemon.app import open_store  # noqa: PLC0415
+
+    store = open_store(_settings(require_api=False, require_sink=False))
+    count = store.replay(None if dead else row_id, now=time.time())
+    store.close()
+    if count == 0:
+        print("nothing to replay" if dead else f"no outbox row {row_id}", file=sys.stderr)
+        return 0 if dead else 1
+    print(f"{count} deliver{'y' if count == 1 else 'ies'} due again; a running relay sends {'it' if count == 1 else 'them'} within a second")
+    return 0
+
+
+def _when(epoch: float) -> str:
+    return datetime.fromtimestamp(epoch, tz=UTC).strftime("%Y-%m-%d %H:%M:%SZ")

@@ -1,0 +1,141 @@
+"""``voucherify-relay demo``: a built-in Voucherify stand-in, a local receiver and the relay between them.
+
+Nothing leaves the machine: the stand-in and the receiver listen on 127.0.0.1 and the
+state database lives in a temporary directory that is removed afterwards.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import contextlib
+import hmac
+import json
+import os
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from aiohttp import web
+
+from daemon.app import run_relay
+from daemon.logs import configure_logging
+from daemon.settings import load_settings
+from daemon.sinks.webhook import sign_payload
+from daemon.standin import VoucherifyStandIn, play_demo_scenario
+from daemon.voucherify import RetryPolicy
+
+DEMO_POLL_S = 0.5
+EXPECTED_EVENTS = 4
+
+
+@dataclass
+class DemoReceiver:
+    """A webhook receiver that checks signatures and prints what arrives."""
+
+    secret: bytes
+    received: list[dict[str, Any]] = field(default_factory=list)
+    bad_signatures: int = 0
+    arrived: asyncio.Event = field(default_factory=asyncio.Event)
+
+    async def handle(self, request: web.Request) -> web.Response:
+        """Verify and print one event."""
+        body = await request.read()
+        msg_id, stamp = request.headers.get("webhook-id", ""), request.headers.get("webhook-timestamp", "0")
+        expected = sign_payload(secrets=[self.secret], msg_id=msg_id, timestamp=int(stamp), body=body)
+        valid = any(hmac.compare_digest(expected, sig) for sig in request.headers.get("webhook-signature", "").split())
+        self.bad_signatures += 0 if valid else 1
+        envelope = json.loads(body)
+        self.received.append(envelope)
+        print_event(envelope, msg_id=msg_id, signature_ok=valid)
+        self.arrived.set()
+        return web.Response(status=204)
+
+
+def print_event(envelope: dict[str, Any], *, msg_id: str, signature_ok: bool) -> None:
+    """Print one event the way a person reads it."""
+    data = envelope.get("data", {})
+    mark = {"success": "OK  ", "partial": "PART", "failure": "FAIL"}.get(data.get("outcome"), "    ")
+    counts = f"done={data.get('done_count')} failed={data.get('failed_count')}"
+    print(f"\n[{mark}] {envelope['type']}  {data.get('type')}  outcome={data.get('outcome')}  {counts}")
+    print(f"       action {data.get('id')}  event {msg_id}  signature {'valid' if signature_ok else 'INVALID'}")
+    if data.get("message"):
+        print(f"       {data['message']}")
+    for row in data.get("failures", [])[:3]:
+        where = " ".join(f"{k}={row[k]}" for k in ("row", "code", "source_id") if row.get(k) not in (None, ""))
+        print(f"       - {where}: {row.get('reason')}")
+    if data.get("reports"):
+        print(f"       reports: {', '.join(data['reports'])} (until {data.get('reports_available_till')})")
+
+
+async def _serve(receiver: DemoReceiver) -> tuple[web.AppRunner, str]:
+    app = web.Application()
+    app.router.add_post("/hooks/voucherify", receiver.handle)
+    runner = web.AppRunner(app, access_log=None)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    port = runner.addresses[0][1]
+    return runner, f"http://127.0.0.1:{port}/hooks/voucherify"
+
+
+async def run_demo(*, seconds: float | None = None) -> int:
+    """Play the show; return 0 when every expected event arrived with a valid signature."""
+    secret_key = os.urandom(24)
+    receiver = DemoReceiver(secret=secret_key)
+    standin = VoucherifyStandIn()
+    base_url = await standin.start()
+    runner, hook_url = await _serve(receiver)
+    history = [standin.add_action("VOUCHERS.IMPORT_CSV", status="DONE", progress=100) for _ in range(3)]
+    with tempfile.TemporaryDirectory(prefix="voucherify-relay-demo-") as tmp:
+        env = {
+            "RELAY_ENV_FILE": str(Path(tmp) / "none.env"),
+            "RELAY_VOUCHERIFY_API_URL": base_url,
+            "RELAY_VOUCHERIFY_APP_ID": "demo-app",
+            "RELAY_VOUCHERIFY_APP_TOKEN": "demo-token",
+            "RELAY_POLL_INTERVAL": str(DEMO_POLL_S),
+            "RELAY_STATE_URL": f"sqlite:///{tmp}/demo.db",
+            "RELAY_WEBHOOK_URL": hook_url,
+            "RELAY_WEBHOOK_SECRET": "whsec_" + base64.b64encode(secret_key).decode(),
+            "RELAY_LOG_LEVEL": "warning",
+        }
+        configure_logging(level="warning", fmt="console")
+        _print_intro(base_url, hook_url, len(history))
+        stop = asyncio.Event()
+        relay = asyncio.create_task(run_relay(load_settings(env), stop=stop, retry=RetryPolicy(max_attempts=2, backoff_max_s=0.5)))
+        await asyncio.sleep(DEMO_POLL_S * 2)  # the first poll takes the baseline
+        print("The relay took its baseline: the 3 old actions produced no events. Now the show starts.\n")
+        started = time.monotonic()
+        await play_demo_scenario(standin, step_s=1.0)
+        await _wait_for_events(receiver, deadline=started + (seconds or 30))
+        stop.set()
+        await relay
+    await runner.cleanup()
+    calls = {path: standin.count(path) for path in ("list", "get")}
+    await standin.close()
+    return _summary(receiver, calls)
+
+
+async def _wait_for_events(receiver: DemoReceiver, *, deadline: float) -> None:
+    while len(receiver.received) < EXPECTED_EVENTS and time.monotonic() < deadline:
+        receiver.arrived.clear()
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(receiver.arrived.wait(), timeout=max(0.1, deadline - time.monotonic()))
+    await asyncio.sleep(DEMO_POLL_S)
+
+
+def _print_intro(base_url: str, hook_url: str, history: int) -> None:
+    print("voucherify-relay demo")
+    print(f"  Voucherify stand-in  {base_url}  ({history} actions already finished before the relay starts)")
+    print(f"  webhook receiver     {hook_url}  (checks Standard Webhooks signatures)")
+    print(f"  relay                polls every {DEMO_POLL_S}s, state in a temporary SQLite file\n")
+
+
+def _summary(receiver: DemoReceiver, calls: dict[str, int]) -> int:
+    got = len(receiver.received)
+    print(f"\n{got} event(s) received, {receiver.bad_signatures} bad signature(s).")
+    print(f"Voucherify API calls: {calls['list']} list + {calls['get']} get (one GET per finished action, one list per poll).")
+    print("Next: `voucherify-relay check` with your keys, then `voucherify-relay run`. See README.md.")
+    return 0 if got >= EXPECTED_EVENTS and receiver.bad_signatures == 0 else 1

@@ -1,0 +1,139 @@
+"""The dispatcher: claim due deliveries, send them, reschedule or dead-letter.
+
+Sends run concurrently, bounded per sink. The next attempt time is persisted, so
+backoff survives restarts; a row being sent when the process dies is simply due again
+(and sent again with the same event id).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import random
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+
+import structlog
+
+from daemon.model import Delivery
+from daemon.sinks import SendResult, Sink
+from daemon.store import StateStore
+
+log = structlog.get_logger("daemon.outbox")
+BASE_DELAY_S = 1.0
+MAX_RETRY_AFTER_S = 3600.0
+
+
+@dataclass(frozen=True, slots=True)
+class DeliveryPolicy:
+    """Backoff cap and how long a delivery may keep failing before it is dead-lettered."""
+
+    max_delay_s: float = 300.0
+    max_age_s: float = 86400.0
+    batch_size: int = 200
+
+    def next_delay(self, attempts: int, retry_after_s: float | None) -> float:
+        """Return the wait before the next attempt: exponential with equal jitter, or Retry-After."""
+        if retry_after_s is not None:
+            return min(retry_after_s, MAX_RETRY_AFTER_S)
+        ceiling = min(self.max_delay_s, BASE_DELAY_S * 2 ** min(attempts, 30))
+        return ceiling / 2 + random.uniform(0, ceiling / 2)  # noqa: S311 - jitter, not crypto
+
+
+@dataclass
+class DispatchStats:
+    """Counters since start, for logs and metrics."""
+
+    delivered: int = 0
+    failed_attempts: int = 0
+    dead: int = 0
+    by_sink: dict[tuple[str, str], int] = field(default_factory=dict)
+
+
+class Dispatcher:
+    """Sends what the outbox holds to the configured sinks."""
+
+    def __init__(
+        self,
+        *,
+        store: StateStore,
+        sinks: Mapping[str, Sink],
+        policy: DeliveryPolicy,
+        clock: Callable[[], float] = time.time,
+        on_result: Callable[[str, str], None] | None = None,
+    ) -> None:
+        self._store = store
+        self._sinks = sinks
+        self._policy = policy
+        self._clock = clock
+        self._on_result = on_result
+        self._limits = {name: asyncio.Semaphore(sink.max_concurrency) for name, sink in sinks.items()}
+        self._in_flight: set[int] = set()
+        self._gone: set[str] = set()
+        self.stats = DispatchStats()
+
+    async def dispatch_once(self) -> int:
+        """Send every delivery due now (one batch at a time); return how many were attempted."""
+        attempted = 0
+        while True:
+            batch = self._store.claim_due(now=self._clock(), limit=self._policy.batch_size, exclude=self._in_flight)
+            if not batch:
+                return attempted
+            self._in_flight.update(d.row_id for d in batch)
+            try:
+                await asyncio.gather(*(self._deliver(d) for d in batch))
+            finally:
+                self._in_flight.difference_update(d.row_id for d in batch)
+            attempted += len(batch)
+
+    async def _deliver(self, delivery: Delivery) -> None:
+        sink = self._sinks.get(delivery.sink)
+        if sink is None:
+            self._dead(delivery, f"sink {delivery.sink!r} is no longer configured", outcome="unconfigured")
+            return
+        if delivery.sink in self._gone:
+            self._dead(delivery, "sink answered 410 Gone earlier; fix it, then `outbox replay --dead`", outcome="gone")
+            return
+        async with self._limits[delivery.sink]:
+            result = await sink.send(delivery)
+        self._record(delivery, result)
+
+    def _record(self, delivery: Delivery, result: SendResult) -> None:
+        now = self._clock()
+        if result.delivered:
+            self._store.mark_delivered(delivery.row_id, now=now)
+            self.stats.delivered += 1
+            self._count(delivery.sink, "delivered")
+            log.info("delivery.sent", sink=delivery.sink, event_id=delivery.event_id, action_id=delivery.action_id, status=result.status, attempt=delivery.attempts + 1)
+        elif result.gone:
+            self._gone.add(delivery.sink)
+            log.error("sink.gone", sink=delivery.sink, detail=result.detail, hint="the receiver says this endpoint no longer exists; deliveries to it are dead-lettered until it is fixed")
+            self._dead(delivery, result.detail, outcome="gone")
+        elif result.permanent:
+            log.error("sink.misconfigured", sink=delivery.sink, detail=result.detail)
+            self._dead(delivery, result.detail, outcome="rejected")
+        else:
+            self._retry(delivery, result, now=now)
+
+    def _retry(self, delivery: Delivery, result: SendResult, *, now: float) -> None:
+        self.stats.failed_attempts += 1
+        deadline = delivery.created_at + self._policy.max_age_s
+        if now >= deadline:
+            self._dead(delivery, f"{result.detail}; still failing after RELAY_DELIVERY_MAX_AGE", outcome="expired")
+            return
+        delay = min(self._policy.next_delay(delivery.attempts, result.retry_after_s), deadline - now)
+        self._store.reschedule(delivery.row_id, next_attempt_at=now + delay, error=result.detail)
+        self._count(delivery.sink, "retry")
+        log.warning("delivery.retry_scheduled", sink=delivery.sink, event_id=delivery.event_id, attempt=delivery.attempts + 1, caused_by=result.detail, retry_in_s=round(delay, 3))
+
+    def _dead(self, delivery: Delivery, reason: str, *, outcome: str) -> None:
+        self._store.mark_dead(delivery.row_id, reason=reason)
+        self.stats.dead += 1
+        self._count(delivery.sink, outcome)
+        log.error("delivery.dead_lettered", sink=delivery.sink, event_id=delivery.event_id, action_id=delivery.action_id, reason=reason, row_id=delivery.row_id)
+
+    def _count(self, sink: str, outcome: str) -> None:
+        key = (sink, outcome)
+        self.stats.by_sink[key] = self.stats.by_sink.get(key, 0) + 1
+        if self._on_result:
+            self._on_result(sink, outcome)

@@ -1,0 +1,276 @@
+"""Configuration: environment variables only (plus an optional ``.env`` file), parsed once.
+
+Every secret may instead be read from a file named by ``<VARIABLE>_FILE`` (systemd
+credentials, Docker secrets). Errors become :class:`ConfigError` naming the variable.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from collections.abc import Mapping
+from datetime import timedelta
+from pathlib import Path
+from typing import Annotated, Any, Literal
+from urllib.parse import urlsplit
+
+from dotenv import dotenv_values
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, SecretStr, ValidationError, field_validator
+from pydantic_settings import BaseSettings, EnvSettingsSource, PydanticBaseSettingsSource, SettingsConfigDict
+from pydantic_settings.sources.utils import parse_env_vars
+
+from daemon.errors import ConfigError
+
+PREFIX = "RELAY_"
+_DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h|d|w)?\s*$", re.IGNORECASE)
+_UNIT_S = {"ms": 0.001, "s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
+SECRET_VARIABLES = ("VOUCHERIFY_APP_TOKEN", "WEBHOOK_SECRET", "WEBHOOK_URL", "SLACK_WEBHOOK_URL")
+
+
+def parse_duration(value: object) -> object:
+    """Accept ``90s``, ``15m``, ``2h``, ``1d``, ``1w``, ``250ms`` or a bare number of seconds."""
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        return timedelta(seconds=value)
+    if isinstance(value, str):
+        match = _DURATION.match(value)
+        if not match:
+            msg = f"not a duration (use e.g. 90s, 15m, 2h, 1d): {value!r}"
+            raise ValueError(msg)
+        return timedelta(seconds=float(match.group(1)) * _UNIT_S[(match.group(2) or "s").lower()])
+    return value
+
+
+Duration = Annotated[timedelta, BeforeValidator(parse_duration)]
+
+
+class SinkSettings(BaseModel):
+    """One destination: ``RELAY_SINKS__<NAME>__KIND``, ``__URL``, ``__SECRET``, ..."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    kind: Literal["webhook", "slack"]
+    url: SecretStr
+    secret: SecretStr | None = None
+    max_concurrency: int = Field(default=4, ge=1, le=64)
+    timeout_s: float = Field(default=15.0, gt=0, le=300)
+
+    @field_validator("url")
+    @classmethod
+    def _http_url(cls, value: SecretStr) -> SecretStr:
+        parts = urlsplit(value.get_secret_value())
+        if parts.scheme not in {"http", "https"} or not parts.netloc:
+            msg = "must be an http(s) URL"
+            raise ValueError(msg)
+        return value
+
+    @field_validator("secret")
+    @classmethod
+    def _whsec(cls, value: SecretStr | None) -> SecretStr | None:
+        if value is not None:
+            for secret in value.get_secret_value().split():
+                _decode_whsec(secret)
+        return value
+
+    def secrets(self) -> list[bytes]:
+        """Return the signing keys, newest first (several are accepted for rotation)."""
+        if self.secret is None:
+            return []
+        return [_decode_whsec(s) for s in self.secret.get_secret_value().split()]
+
+    def display_url(self) -> str:
+        """Return the URL safe to log: scheme and host, and the path only for webhooks."""
+        parts = urlsplit(self.url.get_secret_value())
+        host = parts.hostname or ""
+        port = f":{parts.port}" if parts.port else ""
+        path = parts.path if self.kind == "webhook" else "/…"
+        return f"{parts.scheme}://{host}{port}{path}"
+
+
+def _decode_whsec(secret: str) -> bytes:
+    import base64  # noqa: PLC0415 - only needed when a secret is configured
+    import binascii  # noqa: PLC0415
+
+    body = secret.removeprefix("whsec_")
+    try:
+        key = base64.b64decode(body, validate=True)
+    except (binascii.Error, ValueError):
+        key = b""
+    if not secret.startswith("whsec_") or len(key) < 16:  # noqa: PLR2004 - Standard Webhooks: 24-64 bytes
+        msg = "must be a Standard Webhooks secret: whsec_ followed by base64 of at least 16 bytes"
+        raise ValueError(msg)
+    return key
+
+
+class RelaySettings(BaseSettings):
+    """Everything the relay can be told; see config/relay.env.example."""
+
+    model_config = SettingsConfigDict(env_prefix=PREFIX, env_nested_delimiter="__", extra="ignore", frozen=True)
+
+    voucherify_api_url: str = "https://api.voucherify.io"
+    voucherify_app_id: str | None = None
+    voucherify_app_token: SecretStr | None = None
+    poll_interval: float = Field(default=30.0, ge=0.05, le=86400)
+    state_url: str = "sqlite:///./voucherify-relay.db"
+    backfill: Duration | None = None
+    webhook_url: SecretStr | None = None
+    webhook_secret: SecretStr | None = None
+    sinks: dict[str, SinkSettings] = Field(default_factory=dict)
+    api_budget_per_hour: int | None = Field(default=None, ge=2)
+    api_timeout_s: float = Field(default=10.0, gt=0, le=120)
+    api_max_attempts: int = Field(default=4, ge=1, le=10)
+    list_page_size: int = Field(default=100, ge=1, le=100)
+    max_pages_per_cycle: int = Field(default=20, ge=1, le=1000)
+    delivery_retry_max_delay: float = Field(default=300.0, gt=0, le=86400)
+    delivery_max_age: Duration = timedelta(hours=24)
+    retention: Duration = timedelta(days=7)
+    log_format: Literal["json", "console", "auto"] = "auto"
+    log_level: Literal["debug", "info", "warning", "error"] = "info"
+
+    @field_validator("voucherify_api_url")
+    @classmethod
+    def _api_url(cls, value: str) -> str:
+        parts = urlsplit(value)
+        if parts.scheme not in {"http", "https"} or not parts.netloc:
+            msg = "must be an http(s) URL such as https://api.voucherify.io or https://us1.api.voucherify.io"
+            raise ValueError(msg)
+        return value.rstrip("/")
+
+    @field_validator("webhook_secret")
+    @classmethod
+    def _webhook_secret(cls, value: SecretStr | None) -> SecretStr | None:
+        return SinkSettings._whsec(value)  # noqa: SLF001 - same rule, one place
+
+    @field_validator("log_level", "log_format", mode="before")
+    @classmethod
+    def _lower(cls, value: object) -> object:
+        return value.lower() if isinstance(value, str) else value
+
+    @field_validator("state_url")
+    @classmethod
+    def _state_url(cls, value: str) -> str:
+        if not value.startswith("sqlite:///") or value == "sqlite:///":
+            msg = "must be sqlite:///<path> (e.g. sqlite:///./voucherify-relay.db or sqlite:////var/lib/relay/state.db)"
+            raise ValueError(msg)
+        return value
+
+    @field_validator("sinks", mode="before")
+    @classmethod
+    def _lower_names(cls, value: object) -> object:
+        if isinstance(value, Mapping):
+            return {str(name).lower(): spec for name, spec in value.items()}
+        return value
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,  # noqa: ARG003 - replaced by MappingEnvSource
+        dotenv_settings: PydanticBaseSettingsSource,  # noqa: ARG003
+        file_secret_settings: PydanticBaseSettingsSource,  # noqa: ARG003
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        """Read only what load_settings hands over, so tests and the CLI agree."""
+        return (init_settings,)
+
+    @property
+    def state_path(self) -> Path:
+        """Return the SQLite file the state URL names."""
+        return Path(self.state_url.removeprefix("sqlite:///"))
+
+    def all_sinks(self) -> dict[str, SinkSettings]:
+        """Return the named sinks plus the one-sink shortcut (named ``webhook``)."""
+        sinks = dict(self.sinks)
+        if self.webhook_url is not None:
+            sinks.setdefault(
+                "webhook",
+                SinkSettings(kind="webhook", url=self.webhook_url, secret=self.webhook_secret),
+            )
+        return sinks
+
+    def secret_values(self) -> list[str]:
+        """Return every secret string, for the log redactor."""
+        values = [self.voucherify_app_token, self.webhook_secret, self.webhook_url]
+        for sink in self.sinks.values():
+            values.extend([sink.url, sink.secret])
+        found = [v.get_secret_value() for v in values if v is not None]
+        found.extend(s for v in list(found) for s in v.split() if len(s) >= 8)  # noqa: PLR2004
+        return [v for v in found if len(v) >= 8]  # noqa: PLR2004 - short strings would redact ordinary words
+
+
+class MappingEnvSource(EnvSettingsSource):
+    """An environment source reading a given mapping instead of os.environ."""
+
+    def __init__(self, settings_cls: type[BaseSettings], environ: Mapping[str, str]) -> None:
+        self._environ = environ
+        super().__init__(settings_cls)
+
+    def _load_env_vars(self) -> Mapping[str, str | None]:
+        return parse_env_vars(self._environ, self.case_sensitive, self.env_ignore_empty, self.env_parse_none_str)
+
+
+def load_settings(environ: Mapping[str, str] | None = None, *, require_api: bool = True, require_sink: bool = True) -> RelaySettings:
+    """Parse the environment (and ``.env``) into settings, or raise ConfigError."""
+    env = resolve_environment(dict(os.environ if environ is None else environ))
+    try:
+        values = MappingEnvSource(RelaySettings, env)()
+        settings = RelaySettings(**values)
+    except ValidationError as exc:
+        raise _config_error(exc) from None
+    except ValueError as exc:  # JSON in a nested variable, say
+        raise ConfigError(f"{PREFIX}*", _scrub(str(exc), env)) from None
+    _check_requirements(settings, require_api=require_api, require_sink=require_sink)
+    return settings
+
+
+def resolve_environment(env: dict[str, str]) -> dict[str, str]:
+    """Merge ``.env`` beneath the environment and read every ``RELAY_*_FILE``."""
+    env_file = env.get(f"{PREFIX}ENV_FILE", ".env")
+    if Path(env_file).is_file():
+        for key, value in dotenv_values(env_file).items():
+            if value is not None:
+                env.setdefault(key, value)
+    for key in [k for k in env if k.upper().startswith(PREFIX) and k.upper().endswith("_FILE")]:
+        if key.upper() == f"{PREFIX}ENV_FILE":
+            continue
+        target = key[: -len("_FILE")]
+        if env.get(target):
+            raise ConfigError(key, f"set either {target} or {key}, not both")
+        try:
+            env[target] = Path(env[key]).read_text(encoding="utf-8").strip()
+        except OSError as exc:
+            raise ConfigError(key, f"cannot read the file it names ({exc.strerror})") from None
+    return env
+
+
+def _check_requirements(settings: RelaySettings, *, require_api: bool, require_sink: bool) -> None:
+    if require_api and not settings.voucherify_app_id:
+        raise ConfigError(f"{PREFIX}VOUCHERIFY_APP_ID", "is required (Project settings > Application keys)")
+    if require_api and settings.voucherify_app_token is None:
+        raise ConfigError(f"{PREFIX}VOUCHERIFY_APP_TOKEN", "is required (or RELAY_VOUCHERIFY_APP_TOKEN_FILE)")
+    if settings.webhook_secret is not None and settings.webhook_url is None:
+        raise ConfigError(f"{PREFIX}WEBHOOK_SECRET", "is set but RELAY_WEBHOOK_URL is not")
+    if require_sink and not settings.all_sinks():
+        raise ConfigError(f"{PREFIX}WEBHOOK_URL", "no sink configured: set RELAY_WEBHOOK_URL or RELAY_SINKS__<NAME>__KIND/URL")
+
+
+def _config_error(exc: ValidationError) -> ConfigError:
+    first = exc.errors(include_url=False, include_input=False)[0]
+    variable = env_name(first["loc"])
+    message = first["msg"].removeprefix("Value error, ")
+    if first["type"] == "missing":
+        message = "is required"
+    return ConfigError(variable, message)
+
+
+def env_name(loc: tuple[Any, ...]) -> str:
+    """Map a pydantic error location to the variable a user sets."""
+    parts = [str(p).upper() for p in loc if not str(p).startswith(("function-", "literal["))]
+    return PREFIX + "__".join(parts) if parts else f"{PREFIX}*"
+
+
+def _scrub(text: str, env: Mapping[str, str]) -> str:
+    for key in SECRET_VARIABLES:
+        value = env.get(PREFIX + key)
+        if value:
+            text = text.replace(value, "***")
+    return text

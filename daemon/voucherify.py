@@ -1,0 +1,224 @@
+"""The Voucherify adapter: auth, paging primitives, rate limits and retries live here only.
+
+Every dependency exception is mapped to our tree (see :mod:`daemon.errors`) in
+:meth:`VoucherifyClient._send`. Retries use tenacity: timeouts, connection errors, 5xx
+and 429 are retried with full-jitter exponential backoff, capped in attempts and
+time; a 429's ``Retry-After``/``X-Rate-Limit-Retry`` is honoured and remembered, so
+no request leaves before it has passed, in this cycle or the next.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+from collections import Counter
+from collections.abc import Awaitable, Callable, Mapping
+from dataclasses import dataclass
+from email.utils import parsedate_to_datetime
+from typing import Any
+
+import aiohttp
+from tenacity import AsyncRetrying, RetryCallState, retry_if_exception, stop_after_attempt, stop_after_delay, wait_random_exponential
+
+from daemon import __version__
+from daemon.budget import RequestBudget
+from daemon.errors import (
+    AuthError,
+    BadResponseError,
+    ClientRequestError,
+    NotFoundError,
+    RateLimitedError,
+    ServerError,
+    TransportError,
+    VoucherifyError,
+)
+
+LIST_PATH = "/v1/async-actions"
+USER_AGENT = f"voucherify-relay/{__version__} (+aiohttp/{aiohttp.__version__})"
+MAX_INLINE_WAIT_S = 30.0  # a longer Retry-After ends the cycle; the next one waits for it
+DEFAULT_429_WAIT_S = 5.0
+
+
+@dataclass(frozen=True, slots=True)
+class ListPage:
+    """One page of ``GET /v1/async-actions``."""
+
+    actions: list[Any]
+    has_more: bool
+
+
+@dataclass(frozen=True, slots=True)
+class RetryPolicy:
+    """How hard to retry one request; tests inject a zero wait."""
+
+    max_attempts: int = 4
+    max_total_s: float = 60.0
+    backoff_max_s: float = 10.0
+    backoff_multiplier_s: float = 0.5
+    sleep: Callable[[float], Awaitable[None]] = asyncio.sleep
+
+
+class VoucherifyClient:
+    """Talks to one Voucherify project."""
+
+    def __init__(
+        self,
+        session: aiohttp.ClientSession,
+        *,
+        base_url: str,
+        app_id: str,
+        app_token: str,
+        budget: RequestBudget | None = None,
+        retry: RetryPolicy | None = None,
+        timeout_s: float = 10.0,
+        on_request: Callable[[float], None] | None = None,
+    ) -> None:
+        self._session = session
+        self._base_url = base_url.rstrip("/")
+        self._headers = {"X-App-Id": app_id, "X-App-Token": app_token, "User-Agent": USER_AGENT, "Accept": "application/json"}
+        self._budget = budget or RequestBudget(None)
+        self._retry = retry or RetryPolicy()
+        self._timeout = aiohttp.ClientTimeout(total=timeout_s)
+        self._on_request = on_request
+        self._blocked_until = 0.0
+        self.calls: Counter[tuple[str, str]] = Counter()  # (endpoint, status or error kind)
+        self.rate_limit_remaining: int | None = None
+
+    def __repr__(self) -> str:
+        return f"VoucherifyClient(base_url={self._base_url!r})"
+
+    @property
+    def requests_sent(self) -> int:
+        """Return how many requests this client has sent."""
+        return sum(self.calls.values())
+
+    async def list_page(self, *, limit: int, end_date: str | None = None) -> ListPage:
+        """Fetch one page of the async-actions list."""
+        params = {"limit": str(limit)} | ({"end_date": end_date} if end_date else {})
+        body = await self._request(LIST_PATH, params=params, endpoint="list")
+        actions = body.get("async_actions")
+        if not isinstance(actions, list):
+            msg = f"GET {LIST_PATH}: response has no async_actions list"
+            raise BadResponseError(msg)
+        return ListPage(actions=actions, has_more=body.get("has_more") is True)
+
+    async def get_action(self, action_id: str) -> dict[str, Any]:
+        """Fetch one async action with its ``result``."""
+        body = await self._request(f"{LIST_PATH}/{action_id}", params={}, endpoint="get")
+        if not isinstance(body.get("id"), str):
+            msg = f"GET {LIST_PATH}/{{id}}: response is not an async action"
+            raise BadResponseError(msg)
+        return body
+
+    async def _request(self, path: str, *, params: Mapping[str, str], endpoint: str) -> dict[str, Any]:
+        retrying = AsyncRetrying(
+            stop=stop_after_attempt(self._retry.max_attempts) | stop_after_delay(self._retry.max_total_s),
+            wait=self._wait,
+            retry=retry_if_exception(_retryable),
+            sleep=self._retry.sleep,
+            reraise=True,
+        )
+        async for attempt in retrying:
+            with attempt:
+                return await self._send(path, params=params, endpoint=endpoint)
+        raise AssertionError  # pragma: no cover - tenacity either returns or reraises
+
+    def _wait(self, state: RetryCallState) -> float:
+        exc = state.outcome.exception() if state.outcome else None
+        if isinstance(exc, RateLimitedError):
+            return max(0.0, exc.retry_at - time.time())
+        backoff = wait_random_exponential(multiplier=self._retry.backoff_multiplier_s, max=self._retry.backoff_max_s)
+        return float(backoff(state))
+
+    async def _send(self, path: str, *, params: Mapping[str, str], endpoint: str) -> dict[str, Any]:
+        now = time.time()
+        if now < self._blocked_until:
+            msg = f"GET {path}: Voucherify asked to wait until {self._blocked_until:.0f} (Retry-After)"
+            raise RateLimitedError(msg, retry_at=self._blocked_until, status=429)
+        self._budget.acquire(now)
+        if self._on_request:
+            self._on_request(now)
+        try:
+            async with self._session.get(self._base_url + path, params=params, headers=self._headers, timeout=self._timeout) as response:
+                self._note_limits(response.headers)
+                raw = await response.read()
+                status = response.status
+        except TimeoutError:
+            self.calls[(endpoint, "timeout")] += 1
+            raise TransportError(f"GET {path}: timed out") from None
+        except aiohttp.ClientPayloadError:
+            self.calls[(endpoint, "truncated")] += 1
+            raise BadResponseError(f"GET {path}: truncated response body") from None
+        except aiohttp.ClientError as exc:
+            self.calls[(endpoint, "connection_error")] += 1
+            raise TransportError(f"GET {path}: connection failed ({type(exc).__name__})") from None
+        self.calls[(endpoint, str(status))] += 1
+        if status >= 400:  # noqa: PLR2004
+            raise self._status_error(path, status, raw, response.headers)
+        return _decode(path, raw)
+
+    def _note_limits(self, headers: Mapping[str, str]) -> None:
+        remaining = headers.get("X-Rate-Limit-Remaining")
+        if remaining is not None and remaining.strip().lstrip("-").isdigit():
+            self.rate_limit_remaining = int(remaining)
+
+    def _status_error(self, path: str, status: int, raw: bytes, headers: Mapping[str, str]) -> VoucherifyError:
+        detail = _error_detail(raw)
+        where = f"GET {path}: HTTP {status}{detail}"
+        if status in {401, 403}:
+            return AuthError(f"{where}: check RELAY_VOUCHERIFY_APP_ID/APP_TOKEN and that RELAY_VOUCHERIFY_API_URL is your project's cluster", status=status)
+        if status == 404:  # noqa: PLR2004
+            return NotFoundError(where, status=status)
+        if status == 429:  # noqa: PLR2004
+            retry_at = _retry_at(headers, now=time.time())
+            self._blocked_until = max(self._blocked_until, retry_at)
+            return RateLimitedError(where, retry_at=retry_at, status=status)
+        if status >= 500 or status == 408:  # noqa: PLR2004
+            return ServerError(where, status=status)
+        return ClientRequestError(where, status=status)
+
+
+def _retryable(exc: BaseException) -> bool:
+    if isinstance(exc, RateLimitedError):
+        return exc.retry_at - time.time() <= MAX_INLINE_WAIT_S
+    return isinstance(exc, (ServerError, TransportError))
+
+
+def _retry_at(headers: Mapping[str, str], *, now: float) -> float:
+    candidates = [now + DEFAULT_429_WAIT_S] if "Retry-After" not in headers and "X-Rate-Limit-Retry" not in headers else [now]
+    retry_after = headers.get("Retry-After", "").strip()
+    if retry_after.isdigit():
+        candidates.append(now + int(retry_after))
+    elif retry_after:
+        try:
+            candidates.append(parsedate_to_datetime(retry_after).timestamp())
+        except (TypeError, ValueError):
+            candidates.append(now + DEFAULT_429_WAIT_S)
+    epoch = headers.get("X-Rate-Limit-Retry", "").strip()
+    if epoch.replace(".", "", 1).isdigit():
+        candidates.append(min(float(epoch), now + 3600))
+    return max(candidates)
+
+
+def _decode(path: str, raw: bytes) -> dict[str, Any]:
+    try:
+        body = json.loads(raw)
+    except (ValueError, UnicodeDecodeError):
+        msg = f"GET {path}: response body is not valid JSON ({len(raw)} bytes)"
+        raise BadResponseError(msg) from None
+    if not isinstance(body, dict):
+        msg = f"GET {path}: response body is not a JSON object"
+        raise BadResponseError(msg)
+    return body
+
+
+def _error_detail(raw: bytes) -> str:
+    try:
+        body = json.loads(raw)
+    except (ValueError, UnicodeDecodeError):
+        return ""
+    if not isinstance(body, dict):
+        return ""
+    parts = [str(body[k]) for k in ("key", "message", "details") if isinstance(body.get(k), str)]
+    return f" ({'; '.join(parts)[:300]})" if parts else ""
