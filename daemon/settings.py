@@ -57,11 +57,7 @@ class SinkSettings(BaseModel):
     @field_validator("url")
     @classmethod
     def _http_url(cls, value: SecretStr) -> SecretStr:
-        parts = urlsplit(value.get_secret_value())
-        if parts.scheme not in {"http", "https"} or not parts.netloc:
-            msg = "must be an http(s) URL"
-            raise ValueError(msg)
-        return value
+        return check_http_url(value)
 
     @field_validator("secret")
     @classmethod
@@ -86,6 +82,15 @@ class SinkSettings(BaseModel):
         return f"{parts.scheme}://{host}{port}{path}"
 
 
+def check_http_url(value: SecretStr) -> SecretStr:
+    """Reject anything but an absolute http(s) URL, without echoing it (it may be a secret)."""
+    parts = urlsplit(value.get_secret_value())
+    if parts.scheme not in {"http", "https"} or not parts.netloc:
+        msg = "must be an http(s) URL"
+        raise ValueError(msg)
+    return value
+
+
 def _decode_whsec(secret: str) -> bytes:
     import base64  # noqa: PLC0415 - only needed when a secret is configured
     import binascii  # noqa: PLC0415
@@ -104,7 +109,7 @@ def _decode_whsec(secret: str) -> bytes:
 class RelaySettings(BaseSettings):
     """Everything the relay can be told; see config/relay.env.example."""
 
-    model_config = SettingsConfigDict(env_prefix=PREFIX, env_nested_delimiter="__", extra="ignore", frozen=True)
+    model_config = SettingsConfigDict(env_prefix=PREFIX, env_nested_delimiter="__", extra="ignore", frozen=True, env_ignore_empty=True)
 
     voucherify_api_url: str = "https://api.voucherify.io"
     voucherify_app_id: str | None = None
@@ -134,6 +139,11 @@ class RelaySettings(BaseSettings):
             msg = "must be an http(s) URL such as https://api.voucherify.io or https://us1.api.voucherify.io"
             raise ValueError(msg)
         return value.rstrip("/")
+
+    @field_validator("webhook_url")
+    @classmethod
+    def _webhook_url(cls, value: SecretStr | None) -> SecretStr | None:
+        return None if value is None else check_http_url(value)
 
     @field_validator("webhook_secret")
     @classmethod
@@ -189,9 +199,12 @@ class RelaySettings(BaseSettings):
 
     def secret_values(self) -> list[str]:
         """Return every secret string, for the log redactor."""
-        values = [self.voucherify_app_token, self.webhook_secret, self.webhook_url]
-        for sink in self.sinks.values():
-            values.extend([sink.url, sink.secret])
+        values = [self.voucherify_app_token, self.webhook_secret]
+        for sink in self.all_sinks().values():
+            values.append(sink.secret)
+            # a webhook URL is logged as display_url(); it is a secret only where that hides something
+            if sink.kind != "webhook" or sink.display_url() != sink.url.get_secret_value():
+                values.append(sink.url)
         found = [v.get_secret_value() for v in values if v is not None]
         found.extend(s for v in list(found) for s in v.split() if len(s) >= 8)  # noqa: PLR2004
         return [v for v in found if len(v) >= 8]  # noqa: PLR2004 - short strings would redact ordinary words

@@ -1,0 +1,70 @@
+"""The real CLI as a subprocess."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pytest
+
+
+def cli_env(extra: dict[str, str]) -> dict[str, str]:
+    """Return a clean environment for the CLI: PATH and friends, no RELAY_* from the caller."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("RELAY_")}
+    env["PYTHONUNBUFFERED"] = "1"
+    env.update(extra)
+    return env
+
+
+@dataclass
+class RelayProcess:
+    """``voucherify-relay run`` in a child process, its output collected."""
+
+    env: dict[str, str]
+    output: list[str] = field(default_factory=list)
+
+    async def start(self) -> None:
+        """Start the daemon."""
+        self.proc = await asyncio.create_subprocess_exec(
+            sys.executable, "-m", "daemon", "run",
+            env=cli_env(self.env), stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT,
+        )
+        self._reader = asyncio.create_task(self._read())
+
+    async def _read(self) -> None:
+        assert self.proc.stdout is not None
+        async for line in self.proc.stdout:
+            self.output.append(line.decode(errors="replace"))
+
+    async def kill(self) -> None:
+        """SIGKILL: no clean-up at all."""
+        self.proc.send_signal(signal.SIGKILL)
+        await self.proc.wait()
+        await self._reader
+
+    async def terminate(self, timeout_s: float = 15) -> int:
+        """SIGTERM and wait; return the exit status."""
+        self.proc.send_signal(signal.SIGTERM)
+        code = await asyncio.wait_for(self.proc.wait(), timeout_s)
+        await self._reader
+        return code
+
+
+@pytest.fixture
+def run_cli(tmp_path: Path):
+    """Run a CLI command to completion; return (status, stdout, stderr)."""
+
+    async def run(*args: str, env: dict[str, str], timeout_s: float = 60) -> tuple[int, str, str]:
+        proc = await asyncio.create_subprocess_exec(
+            sys.executable, "-m", "daemon", *args, env=cli_env(env), cwd=tmp_path,
+            stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+        )
+        out, err = await asyncio.wait_for(proc.communicate(), timeout_s)
+        assert proc.returncode is not None
+        return proc.returncode, out.decode(), err.decode()
+
+    return run

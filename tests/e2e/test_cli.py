@@ -1,0 +1,97 @@
+"""The real command line: exit codes, messages, check, outbox, demo."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from daemon.model import Event
+from daemon.store.sqlite import SqliteStateStore
+from tests.conftest import APP_TOKEN, WEBHOOK_SECRET, relay_env
+
+BASE = {"RELAY_VOUCHERIFY_APP_ID": "app", "RELAY_VOUCHERIFY_APP_TOKEN": APP_TOKEN, "RELAY_WEBHOOK_URL": "https://hooks.example.com/in"}
+
+
+@pytest.mark.parametrize(
+    ("env", "variable"),
+    [
+        ({"RELAY_VOUCHERIFY_APP_ID": ""}, "RELAY_VOUCHERIFY_APP_ID"),
+        ({"RELAY_VOUCHERIFY_APP_TOKEN": ""}, "RELAY_VOUCHERIFY_APP_TOKEN"),
+        ({"RELAY_WEBHOOK_URL": ""}, "RELAY_WEBHOOK_URL"),
+        ({"RELAY_WEBHOOK_URL": "ftp://x"}, "RELAY_WEBHOOK_URL"),
+        ({"RELAY_POLL_INTERVAL": "soon"}, "RELAY_POLL_INTERVAL"),
+        ({"RELAY_POLL_INTERVAL": "0"}, "RELAY_POLL_INTERVAL"),
+        ({"RELAY_BACKFILL": "yesterday"}, "RELAY_BACKFILL"),
+        ({"RELAY_WEBHOOK_SECRET": "not-a-secret"}, "RELAY_WEBHOOK_SECRET"),
+        ({"RELAY_STATE_URL": "postgres://db/relay"}, "RELAY_STATE_URL"),
+        ({"RELAY_VOUCHERIFY_API_URL": "api.voucherify.io"}, "RELAY_VOUCHERIFY_API_URL"),
+        ({"RELAY_API_BUDGET_PER_HOUR": "1"}, "RELAY_API_BUDGET_PER_HOUR"),
+        ({"RELAY_LOG_FORMAT": "xml"}, "RELAY_LOG_FORMAT"),
+        ({"RELAY_SINKS__OPS__KIND": "pager"}, "RELAY_SINKS__OPS__KIND"),
+        ({"RELAY_SINKS__OPS__KIND": "webhook"}, "RELAY_SINKS__OPS__URL"),
+        ({"RELAY_VOUCHERIFY_APP_TOKEN_FILE": "/nonexistent/token"}, "RELAY_VOUCHERIFY_APP_TOKEN_FILE"),
+    ],
+)
+async def test_bad_configuration_exits_78_naming_the_variable(run_cli, env, variable):
+    """Every bad variable ends in exit 78 and one line naming it, without a traceback or a secret."""
+    code, out, err = await run_cli("run", env={**BASE, **env})
+    assert code == 78
+    assert variable in err
+    assert "Traceback" not in err + out
+    assert APP_TOKEN not in err + out
+    assert len(err.strip().splitlines()) == 1
+
+
+async def test_secrets_can_come_from_files(run_cli, tmp_path, standin):
+    """RELAY_VOUCHERIFY_APP_TOKEN_FILE is read (systemd credentials, Docker secrets)."""
+    token_file = tmp_path / "token"
+    token_file.write_text(APP_TOKEN + "\n")
+    env = {**BASE, "RELAY_VOUCHERIFY_APP_ID": "app-123", "RELAY_VOUCHERIFY_API_URL": standin.base_url}
+    del env["RELAY_VOUCHERIFY_APP_TOKEN"]
+    code, out, _ = await run_cli("check", env={**env, "RELAY_VOUCHERIFY_APP_TOKEN_FILE": str(token_file)})
+    assert code == 0, out
+    assert "accepted the keys" in out
+
+
+async def test_check_says_plainly_when_keys_are_wrong(run_cli, standin):
+    """`check` with a wrong token exits 1 and says the credentials were refused."""
+    env = {**BASE, "RELAY_VOUCHERIFY_APP_ID": "app-123", "RELAY_VOUCHERIFY_API_URL": standin.base_url, "RELAY_VOUCHERIFY_APP_TOKEN": "wrong-token-123"}
+    code, out, err = await run_cli("check", env=env)
+    assert code == 1
+    assert "credentials refused" in out
+    assert "wrong-token-123" not in out + err
+    assert standin.count("list") == 1
+
+
+async def test_outbox_list_and_replay(run_cli, tmp_path, standin, receiver):
+    """Dead letters are listed and `outbox replay --dead` makes them due again."""
+    env = relay_env(tmp_path, standin, receiver)
+    store = SqliteStateStore(tmp_path / "state.db")
+    event = Event(id="evt_1", type="async_action.failed", timestamp="2026-01-01T00:00:00.000Z", data={"id": "aa_1"})
+    store.enqueue(event, ["webhook"], now=1.0)
+    [delivery] = store.claim_due(now=2.0, limit=10, exclude=())
+    store.mark_dead(delivery.row_id, reason="HTTP 410: endpoint gone")
+    store.close()
+    code, out, _ = await run_cli("outbox", "list", "--dead", env=env)
+    assert code == 0
+    assert "aa_1" in out
+    assert "HTTP 410" in out
+    code, out, _ = await run_cli("outbox", "list", "--dead", "--json", env=env)
+    assert json.loads(out.splitlines()[0])["event_id"] == "evt_1"
+    code, out, _ = await run_cli("outbox", "replay", "--dead", env=env)
+    assert (code, out.split()[0]) == (0, "1")
+    code, out, _ = await run_cli("outbox", "list", env=env)
+    assert "aa_1" in out
+    code, _, err = await run_cli("outbox", "replay", "999", env=env)
+    assert code == 1
+    assert "999" in err
+
+
+async def test_demo_runs_on_embedded_defaults(run_cli):
+    """`demo` needs no configuration, shows the events and exits 0."""
+    code, out, err = await run_cli("demo", env={}, timeout_s=60)
+    assert code == 0, out + err
+    assert "4 event(s) received, 0 bad signature(s)" in out
+    assert "CUSTOMERS.IMPORT_CSV" in out
+    assert WEBHOOK_SECRET not in out + err

@@ -1,0 +1,30 @@
+"""No secret ever reaches a log line, whatever goes wrong."""
+
+from __future__ import annotations
+
+from tests.conftest import APP_TOKEN, WEBHOOK_SECRET, relay_env, until
+from tests.e2e.conftest import RelayProcess
+
+
+async def test_no_secret_in_any_log_line(standin, receiver, tmp_path):
+    """Through auth failures, retries, 410s and dead letters at debug level, logs hold no secret."""
+    hook_with_token = receiver.url + "?token=hook-query-s3cret-value"
+    env = relay_env(tmp_path, standin, receiver, log_level="debug", webhook_url=hook_with_token, delivery_max_age="1s")
+    receiver.script.extend([503, 503, 410])
+    done = standin.add_action()
+    standin.inject("401", path="list")
+    standin.inject("500", path="get", times=2)
+    relay = RelayProcess(env)
+    await relay.start()
+    await until(lambda: any("poll.auth_failed" in line for line in relay.output), timeout_s=20)
+    await relay.terminate()
+    relay = RelayProcess(env)
+    await relay.start()
+    await until(lambda: any("poll.completed" in line for line in relay.output), timeout_s=20)
+    standin.complete_action(done, example="VOUCHERS.IMPORT")
+    await until(lambda: any("delivery.dead_lettered" in line for line in relay.output), timeout_s=20)
+    assert await relay.terminate() == 0
+    logs = "".join(relay.output)
+    for secret in (APP_TOKEN, WEBHOOK_SECRET, WEBHOOK_SECRET.removeprefix("whsec_"), "hook-query-s3cret-value"):
+        assert secret not in logs
+    assert "delivery.retry_scheduled" in logs
