@@ -122,6 +122,7 @@ class Relay:
         )
         policy = DeliveryPolicy(max_delay_s=self.settings.delivery_retry_max_delay, max_age_s=self.settings.delivery_max_age.total_seconds())
         self.dispatcher = Dispatcher(store=self.store, sinks=self.sinks, policy=policy)
+        self.dispatcher.start()
         self._scheduler = AsyncIOScheduler(job_defaults={"coalesce": True, "max_instances": 1, "misfire_grace_time": None})
         now = _now_dt()
         self._scheduler.add_job(self._guard(self.poll), "interval", seconds=self.settings.poll_interval, id="poll", next_run_time=now)
@@ -216,13 +217,8 @@ class Relay:
             job.modify(next_run_time=_now_dt())
 
     async def dispatch(self) -> None:
-        """Send due deliveries; never raise."""
-        try:
-            await self.dispatcher.dispatch_once()
-        except StoreError as exc:
-            log.error("dispatch.store_failed", caused_by=str(exc))
-        except Exception:  # noqa: BLE001 - one bad delivery never stops the daemon
-            log.exception("dispatch.crashed")
+        """Start draining sinks with due deliveries; each drains on its own task."""
+        self.dispatcher.kick()
 
     async def prune(self) -> None:
         """Delete delivered rows and terminal actions older than RELAY_RETENTION."""
@@ -238,13 +234,16 @@ class Relay:
         """Stop scheduling, let running jobs finish within the grace period, close everything."""
         if self._scheduler.running:
             self._scheduler.shutdown(wait=False)
+        deadline = time.monotonic() + grace_s
         running = [t for t in self._tasks if not t.done()]
         if running:
             _, pending = await asyncio.wait(running, timeout=grace_s)
             for task in pending:
                 task.cancel()
-            if pending:
-                log.warning("relay.shutdown_cancelled", jobs=len(pending), hint="unsent deliveries stay due in the outbox")
+        if not await self.dispatcher.wait_idle(max(0.0, deadline - time.monotonic())):
+            cancelled = self.dispatcher.cancel()
+            await self.dispatcher.wait_idle()
+            log.warning("relay.shutdown_cancelled", drains=cancelled, hint="unsent deliveries stay due in the outbox")
         await self._session.close()
         self.store.close()
         self._lock.release()

@@ -1,8 +1,10 @@
 """The dispatcher: claim due deliveries, send them, reschedule or dead-letter.
 
-Sends run concurrently, bounded per sink. The next attempt time is persisted, so
-backoff survives restarts; a row being sent when the process dies is simply due again
-(and sent again with the same event id).
+Each sink drains on its own task, so a slow sink (Slack, paced to one message a
+second) never holds up another. Within a sink, sends run concurrently up to its
+``max_concurrency``. The next attempt time is persisted, so backoff survives
+restarts; a row being sent when the process dies is simply due again (and sent again
+with the same event id).
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ from daemon.store import StateStore
 log = structlog.get_logger("daemon.outbox")
 BASE_DELAY_S = 1.0
 MAX_RETRY_AFTER_S = 3600.0
+MIN_RETRY_AFTER_S = 0.25  # "Retry-After: 0" must not become a hot loop
 
 
 @dataclass(frozen=True, slots=True)
@@ -30,12 +33,12 @@ class DeliveryPolicy:
 
     max_delay_s: float = 300.0
     max_age_s: float = 86400.0
-    batch_size: int = 200
+    batch_size: int = 100
 
     def next_delay(self, attempts: int, retry_after_s: float | None) -> float:
         """Return the wait before the next attempt: exponential with equal jitter, or Retry-After."""
         if retry_after_s is not None:
-            return min(retry_after_s, MAX_RETRY_AFTER_S)
+            return min(max(retry_after_s, MIN_RETRY_AFTER_S), MAX_RETRY_AFTER_S)
         ceiling = min(self.max_delay_s, BASE_DELAY_S * 2 ** min(attempts, 30))
         return ceiling / 2 + random.uniform(0, ceiling / 2)  # noqa: S311 - jitter, not crypto
 
@@ -67,34 +70,56 @@ class Dispatcher:
         self._policy = policy
         self._clock = clock
         self._on_result = on_result
-        self._limits = {name: asyncio.Semaphore(sink.max_concurrency) for name, sink in sinks.items()}
-        self._in_flight: set[int] = set()
+        self._drains: dict[str, asyncio.Task[None]] = {}
         self._gone: set[str] = set()
         self.stats = DispatchStats()
 
-    async def dispatch_once(self) -> int:
-        """Send every delivery due now (one batch at a time); return how many were attempted."""
-        attempted = 0
-        while True:
-            batch = self._store.claim_due(now=self._clock(), limit=self._policy.batch_size, exclude=self._in_flight)
-            if not batch:
-                return attempted
-            self._in_flight.update(d.row_id for d in batch)
-            try:
-                await asyncio.gather(*(self._deliver(d) for d in batch))
-            finally:
-                self._in_flight.difference_update(d.row_id for d in batch)
-            attempted += len(batch)
+    def start(self) -> None:
+        """Dead-letter rows left for sinks that are no longer configured."""
+        orphaned = self._store.dead_letter_unknown_sinks(self._sinks)
+        if orphaned:
+            log.error("outbox.orphaned_rows", count=orphaned, hint="their sink was removed from the configuration; see `outbox list --dead`")
 
-    async def _deliver(self, delivery: Delivery) -> None:
-        sink = self._sinks.get(delivery.sink)
-        if sink is None:
-            self._dead(delivery, f"sink {delivery.sink!r} is no longer configured", outcome="unconfigured")
-            return
+    def kick(self) -> None:
+        """Start draining every sink that is not draining already; return at once."""
+        for name, sink in self._sinks.items():
+            task = self._drains.get(name)
+            if task is None or task.done():
+                self._drains[name] = asyncio.create_task(self._drain(name, sink), name=f"drain-{name}")
+
+    async def dispatch_once(self) -> None:
+        """Drain every sink until nothing is due (tests, send-test)."""
+        self.kick()
+        await self.wait_idle()
+
+    async def wait_idle(self, timeout_s: float | None = None) -> bool:
+        """Wait for running drains; return False if some were still running after ``timeout_s``."""
+        running = [t for t in self._drains.values() if not t.done()]
+        if not running:
+            return True
+        _, pending = await asyncio.wait(running, timeout=timeout_s)
+        return not pending
+
+    def cancel(self) -> int:
+        """Cancel running drains (shutdown after the grace period); their rows stay due."""
+        running = [t for t in self._drains.values() if not t.done()]
+        for task in running:
+            task.cancel()
+        return len(running)
+
+    async def _drain(self, name: str, sink: Sink) -> None:
+        limit = asyncio.Semaphore(sink.max_concurrency)
+        try:
+            while batch := self._store.claim_due(now=self._clock(), limit=self._policy.batch_size, sink=name):
+                await asyncio.gather(*(self._deliver(sink, d, limit) for d in batch))
+        except Exception:  # noqa: BLE001 - a broken drain must not kill the scheduler; the next kick restarts it
+            log.exception("dispatch.crashed", sink=name)
+
+    async def _deliver(self, sink: Sink, delivery: Delivery, limit: asyncio.Semaphore) -> None:
         if delivery.sink in self._gone:
             self._dead(delivery, "sink answered 410 Gone earlier; fix it, then `outbox replay --dead`", outcome="gone")
             return
-        async with self._limits[delivery.sink]:
+        async with limit:
             result = await sink.send(delivery)
         self._record(delivery, result)
 
@@ -107,7 +132,7 @@ class Dispatcher:
             log.info("delivery.sent", sink=delivery.sink, event_id=delivery.event_id, action_id=delivery.action_id, status=result.status, attempt=delivery.attempts + 1)
         elif result.gone:
             self._gone.add(delivery.sink)
-            log.error("sink.gone", sink=delivery.sink, detail=result.detail, hint="the receiver says this endpoint no longer exists; deliveries to it are dead-lettered until it is fixed")
+            log.error("sink.gone", sink=delivery.sink, detail=result.detail, hint="the receiver says this endpoint no longer exists; deliveries to it are dead-lettered until the relay restarts")
             self._dead(delivery, result.detail, outcome="gone")
         elif result.permanent:
             log.error("sink.misconfigured", sink=delivery.sink, detail=result.detail)

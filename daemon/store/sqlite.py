@@ -168,16 +168,28 @@ class SqliteStateStore:
 
     # --- outbox ---------------------------------------------------------------------
 
-    def claim_due(self, *, now: float, limit: int, exclude: Iterable[int]) -> list[Delivery]:
-        """Return up to ``limit`` pending deliveries due by ``now``, oldest due first."""
-        skip = set(exclude)
+    def claim_due(self, *, now: float, limit: int, sink: str | None = None) -> list[Delivery]:
+        """Return up to ``limit`` pending deliveries due by ``now`` (for one sink, if given), oldest due first."""
+        where = "status = 'pending' AND next_attempt_at <= ?" + (" AND sink = ?" if sink is not None else "")
         sql = (
-            "SELECT row_id, event_id, event_type, sink, action_id, body, attempts, created_at FROM outbox "
-            "WHERE status = 'pending' AND next_attempt_at <= ? ORDER BY next_attempt_at, row_id LIMIT ?"
+            "SELECT row_id, event_id, event_type, sink, action_id, body, attempts, created_at FROM outbox "  # noqa: S608 - constant clauses
+            f"WHERE {where} ORDER BY next_attempt_at, row_id LIMIT ?"
         )
+        params = (now, *([sink] if sink is not None else []), limit)
         with self._errors("read"):
-            rows = self._db.execute(sql, (now, limit + len(skip))).fetchall()
-        return [Delivery(*row) for row in rows if row[0] not in skip][:limit]
+            return [Delivery(*row) for row in self._db.execute(sql, params)]
+
+    def dead_letter_unknown_sinks(self, known: Iterable[str]) -> int:
+        """Dead-letter pending rows for sinks that are no longer configured; return how many."""
+        names = list(known)
+        marks = ",".join("?" * len(names)) or "NULL"
+        sql = (
+            "UPDATE outbox SET status='dead', next_attempt_at=NULL, "  # noqa: S608 - placeholders only
+            "last_error='sink ' || sink || ' is no longer configured; add it back, then replay' "
+            f"WHERE status='pending' AND sink NOT IN ({marks})"
+        )
+        with self._transaction():
+            return self._db.execute(sql, names).rowcount
 
     def mark_delivered(self, row_id: int, *, now: float) -> None:
         """Record a successful delivery."""

@@ -70,7 +70,7 @@ async def test_outbox_list_and_replay(run_cli, tmp_path, standin, receiver):
     store = SqliteStateStore(tmp_path / "state.db")
     event = Event(id="evt_1", type="async_action.failed", timestamp="2026-01-01T00:00:00.000Z", data={"id": "aa_1"})
     store.enqueue(event, ["webhook"], now=1.0)
-    [delivery] = store.claim_due(now=2.0, limit=10, exclude=())
+    [delivery] = store.claim_due(now=2.0, limit=10)
     store.mark_dead(delivery.row_id, reason="HTTP 410: endpoint gone")
     store.close()
     code, out, _ = await run_cli("outbox", "list", "--dead", env=env)
