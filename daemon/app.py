@@ -27,6 +27,7 @@ from daemon.outbox import DeliveryPolicy, Dispatcher
 from daemon.poller import Poller, PollReport
 from daemon.settings import RelaySettings
 from daemon.sinks import Sink
+from daemon.sinks.slack import SlackSink
 from daemon.sinks.webhook import WebhookSink
 from daemon.store.sqlite import SqliteStateStore
 from daemon.voucherify import RetryPolicy, VoucherifyClient
@@ -42,8 +43,18 @@ def build_sinks(settings: RelaySettings, session: aiohttp.ClientSession) -> dict
     """Create one adapter per configured sink."""
     sinks: dict[str, Sink] = {}
     for name, spec in settings.all_sinks().items():
-        sinks[name] = WebhookSink(name, spec, session)
+        if spec.kind == "slack":
+            sinks[name] = SlackSink(name, spec, session, min_interval_s=spec.min_interval_s)
+        else:
+            sinks[name] = WebhookSink(name, spec, session)
     return sinks
+
+
+def route_event(settings: RelaySettings, event: Event) -> list[str]:
+    """Return the sinks whose filters accept ``event`` (by action type glob and outcome)."""
+    action_type = str(event.data.get("type") or "")
+    outcome = str(event.data.get("outcome") or "")
+    return [name for name, spec in settings.all_sinks().items() if spec.accepts(action_type=action_type, outcome=outcome)]
 
 
 def open_store(settings: RelaySettings) -> SqliteStateStore:
@@ -119,6 +130,7 @@ class Relay:
             page_size=self.settings.list_page_size,
             max_pages=self.settings.max_pages_per_cycle,
             backfill=self.settings.backfill,
+            stuck_after=self.settings.stuck_after or None,
         )
         policy = DeliveryPolicy(max_delay_s=self.settings.delivery_retry_max_delay, max_age_s=self.settings.delivery_max_age.total_seconds())
         self.dispatcher = Dispatcher(store=self.store, sinks=self.sinks, policy=policy)
@@ -139,9 +151,9 @@ class Relay:
             backfill_s=self.settings.backfill.total_seconds() if self.settings.backfill else None,
         )
 
-    def route(self, event: Event) -> Sequence[str]:  # noqa: ARG002 - per-sink filters come with routing
+    def route(self, event: Event) -> Sequence[str]:
         """Return the sinks an event goes to."""
-        return list(self.sinks)
+        return route_event(self.settings, event)
 
     def _guard(self, job: Callable[[], Coroutine[Any, Any, None]]) -> Callable[[], Coroutine[Any, Any, None]]:
         """Track the running job so shutdown can wait for it."""

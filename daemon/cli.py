@@ -29,8 +29,11 @@ def build_parser() -> argparse.ArgumentParser:
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     commands.add_parser("run", help="run the relay in the foreground (the daemon)")
     commands.add_parser("check", help="validate the configuration and make one cheap API call")
+    send_test = commands.add_parser("send-test", help="send a clearly marked sample event through every sink (or one) and report the answers")
+    send_test.add_argument("--sink", default=None, help="only this sink (its name: webhook, slack, or a RELAY_SINKS__<NAME>)")
     demo = commands.add_parser("demo", help="watch events flow: a built-in Voucherify stand-in, a local receiver and the relay")
     demo.add_argument("--seconds", type=float, default=None, help="stop after this long (default: when the show is over)")
+    demo.add_argument("--slack", action="store_true", help="also print each event's Slack message as Block Kit JSON")
     outbox = commands.add_parser("outbox", help="inspect and replay deliveries").add_subparsers(dest="outbox_command", required=True, metavar="ACTION")
     listing = outbox.add_parser("list", help="list pending deliveries (or dead letters with --dead)")
     listing.add_argument("--dead", action="store_true", help="list the dead-letter list instead")
@@ -63,10 +66,14 @@ def _dispatch(args: argparse.Namespace) -> int:
         return _run()
     if args.command == "check":
         return _check()
+    if args.command == "send-test":
+        from daemon.sendtest import send_test  # noqa: PLC0415
+
+        return asyncio.run(send_test(_settings(require_api=False), only=args.sink))
     if args.command == "demo":
         from daemon.demo import run_demo  # noqa: PLC0415 - the stand-in is only loaded for the demo
 
-        return asyncio.run(run_demo(seconds=args.seconds))
+        return asyncio.run(run_demo(seconds=args.seconds, slack_json=args.slack))
     if args.outbox_command == "list":
         return _outbox_list(dead=args.dead, as_json=args.json, limit=args.limit)
     return _outbox_replay(row_id=args.row_id, dead=args.dead)

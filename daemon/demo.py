@@ -24,6 +24,7 @@ from daemon.app import run_relay
 from daemon.logs import configure_logging
 from daemon.settings import load_settings
 from daemon.sinks.webhook import sign_payload
+from daemon.slack import render_message, render_text
 from daemon.standin import VoucherifyStandIn, play_demo_scenario
 from daemon.voucherify import RetryPolicy
 
@@ -36,6 +37,7 @@ class DemoReceiver:
     """A webhook receiver that checks signatures and prints what arrives."""
 
     secret: bytes
+    slack_json: bool = False
     received: list[dict[str, Any]] = field(default_factory=list)
     bad_signatures: int = 0
     arrived: asyncio.Event = field(default_factory=asyncio.Event)
@@ -50,6 +52,7 @@ class DemoReceiver:
         envelope = json.loads(body)
         self.received.append(envelope)
         print_event(envelope, msg_id=msg_id, signature_ok=valid)
+        print_slack(envelope, as_json=self.slack_json)
         self.arrived.set()
         return web.Response(status=204)
 
@@ -70,6 +73,15 @@ def print_event(envelope: dict[str, Any], *, msg_id: str, signature_ok: bool) ->
         print(f"       reports: {', '.join(data['reports'])} (until {data.get('reports_available_till')})")
 
 
+def print_slack(envelope: dict[str, Any], *, as_json: bool) -> None:
+    """Show what a Slack sink would post: the fallback text, or the whole Block Kit message."""
+    if as_json:
+        print("       Slack message (Block Kit):")
+        print("\n".join("       " + line for line in json.dumps(render_message(envelope), indent=2, ensure_ascii=False).splitlines()))
+        return
+    print("       Slack preview: " + render_text(envelope).splitlines()[0])
+
+
 async def _serve(receiver: DemoReceiver) -> tuple[web.AppRunner, str]:
     app = web.Application()
     app.router.add_post("/hooks/voucherify", receiver.handle)
@@ -81,10 +93,10 @@ async def _serve(receiver: DemoReceiver) -> tuple[web.AppRunner, str]:
     return runner, f"http://127.0.0.1:{port}/hooks/voucherify"
 
 
-async def run_demo(*, seconds: float | None = None) -> int:
+async def run_demo(*, seconds: float | None = None, slack_json: bool = False) -> int:
     """Play the show; return 0 when every expected event arrived with a valid signature."""
     secret_key = os.urandom(24)
-    receiver = DemoReceiver(secret=secret_key)
+    receiver = DemoReceiver(secret=secret_key, slack_json=slack_json)
     standin = VoucherifyStandIn()
     base_url = await standin.start()
     runner, hook_url = await _serve(receiver)

@@ -5,9 +5,9 @@ No I/O, no asyncio: the poller gathers inputs, calls :func:`diff`, applies the r
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+from collections.abc import Collection, Iterable, Mapping
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any
 
 from daemon.model import ActionSnapshot, parse_timestamp
@@ -98,3 +98,24 @@ def _text(value: object) -> str | None:
     if value is None:
         return None
     return value if isinstance(value, str) else str(value)
+
+
+def find_stuck(
+    current: Iterable[ActionSnapshot],
+    *,
+    now: datetime,
+    stuck_after: timedelta | None,
+    notified: Collection[str],
+) -> list[tuple[ActionSnapshot, float]]:
+    """Return the in-flight actions older than ``stuck_after`` not yet reported, with their age in seconds."""
+    if not stuck_after:
+        return []
+    found: list[tuple[ActionSnapshot, float]] = []
+    for snapshot in current:
+        created = parse_timestamp(snapshot.created_at)
+        if snapshot.terminal or snapshot.id in notified or created is None:
+            continue
+        age = now - created
+        if age >= stuck_after:
+            found.append((snapshot, age.total_seconds()))
+    return found

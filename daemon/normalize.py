@@ -53,6 +53,37 @@ def normalize(action: Mapping[str, Any], *, detected_at: datetime, detail_availa
     return build_event(data, event_type=event_type, detected_at=detected_at)
 
 
+def stuck_event(action: Mapping[str, Any], *, detected_at: datetime, stuck_for_s: float) -> Event:
+    """Build the ``async_action.stuck`` event for an action in flight for too long."""
+    data = describe(action, detail_available=False) | {"outcome": "stuck", "stuck_for_s": round(stuck_for_s)}
+    return Event(
+        id=event_id_for(str(data["id"]), EventType.STUCK),
+        type=EventType.STUCK,
+        timestamp=format_timestamp(detected_at),
+        data=data,
+    )
+
+
+def test_event(*, detected_at: datetime, token: str) -> Event:
+    """Build a clearly marked sample event (``relay.test``) for ``send-test``; ``token`` makes its id unique."""
+    data = {
+        "test": True,
+        "message": "Test event from voucherify-relay send-test: nothing happened in Voucherify.",
+        "id": "aa_test_" + token[:12],
+        "type": "CUSTOMERS.IMPORT_CSV",
+        "status": "DONE",
+        "operation_status": None,
+        "outcome": "partial",
+        "done_count": 98,
+        "failed_count": 2,
+        "failures": [{"code": None, "source_id": "jane@example.com", "row": 7, "reason": "email: must be a valid email"}],
+        "failures_omitted": 1,
+        "created_at": format_timestamp(detected_at),
+        "updated_at": format_timestamp(detected_at),
+    }
+    return Event(id=f"evt_test_{token}", type=EventType.TEST, timestamp=format_timestamp(detected_at), data=data)
+
+
 def build_event(data: dict[str, Any], *, event_type: str, detected_at: datetime) -> Event:
     """Wrap ``data`` in the envelope; the timestamp is when the action last changed."""
     happened = parse_timestamp(data.get("updated_at")) or detected_at

@@ -21,10 +21,10 @@ from typing import Any
 
 import structlog
 
-from daemon.detect import Change, diff, snapshot_from
+from daemon.detect import Change, diff, find_stuck, snapshot_from
 from daemon.errors import AuthError, NotFoundError, VoucherifyError
 from daemon.model import ActionSnapshot, Event, format_timestamp, parse_timestamp
-from daemon.normalize import normalize
+from daemon.normalize import normalize, stuck_event
 from daemon.store import CycleResult, StateStore
 from daemon.voucherify import VoucherifyClient
 
@@ -69,6 +69,7 @@ class Poller:
         page_size: int = 100,
         max_pages: int = 20,
         backfill: timedelta | None = None,
+        stuck_after: timedelta | None = None,
         clock: Callable[[], float] = time.time,
     ) -> None:
         self._client = client
@@ -77,6 +78,7 @@ class Poller:
         self._page_size = page_size
         self._max_pages = max_pages
         self._backfill = backfill
+        self._stuck_after = stuck_after
         self._clock = clock
 
     async def poll_once(self) -> PollReport:
@@ -98,11 +100,13 @@ class Poller:
             new_after=horizon,
         )
         kept, events = await self._events_for(changes, details, now=now)
+        stuck, stuck_ids = self._stuck([*listed, *rechecked], now=now, first_run=cursor.first_run)
         newest = _newest(cursor.newest_created_at, window.items.values())
         result = CycleResult(
             snapshots=[c.snapshot for c in kept],
-            events=[(e, self._route(e)) for e in events],
+            events=[(e, self._route(e)) for e in [*events, *stuck]],
             forgotten=gone,
+            stuck=stuck_ids,
             newest_created_at=newest,
             baseline_done=cursor.first_run,
         )
@@ -111,12 +115,20 @@ class Poller:
             listed=len(window.items),
             pages=window.pages,
             transitions=len(kept),
-            events=len(events),
+            events=len(events) + len(stuck),
             api_calls=self._client.requests_sent - calls_before,
             in_flight=sum(1 for s in [*listed, *rechecked] if not s.terminal),
             ordered=window.ordered,
             first_run=cursor.first_run,
         )
+
+    def _stuck(self, current: Sequence[ActionSnapshot], *, now: datetime, first_run: bool) -> tuple[list[Event], list[str]]:
+        """Report in-flight actions past RELAY_STUCK_AFTER once; on the first run only mark them (the baseline)."""
+        found = find_stuck(current, now=now, stuck_after=self._stuck_after, notified=self._store.stuck_notified())
+        marked = [s.id for s, _ in found]
+        if first_run:
+            return [], marked
+        return [stuck_event(_list_entry(s), detected_at=now, stuck_for_s=age) for s, age in found], marked
 
     def _horizon(self, now: datetime, *, first_run: bool, newest: str | None) -> datetime:
         if first_run:

@@ -6,6 +6,7 @@ credentials, Docker secrets). Errors become :class:`ConfigError` naming the vari
 
 from __future__ import annotations
 
+import fnmatch
 import os
 import re
 from collections.abc import Mapping
@@ -15,8 +16,8 @@ from typing import Annotated, Any, Literal
 from urllib.parse import urlsplit
 
 from dotenv import dotenv_values
-from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, SecretStr, ValidationError, field_validator
-from pydantic_settings import BaseSettings, EnvSettingsSource, PydanticBaseSettingsSource, SettingsConfigDict
+from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field, SecretStr, ValidationError, field_validator, model_validator
+from pydantic_settings import BaseSettings, EnvSettingsSource, NoDecode, PydanticBaseSettingsSource, SettingsConfigDict
 from pydantic_settings.sources.utils import parse_env_vars
 
 from daemon.errors import ConfigError
@@ -41,6 +42,35 @@ def parse_duration(value: object) -> object:
 
 
 Duration = Annotated[timedelta, BeforeValidator(parse_duration)]
+OUTCOMES = ("failure", "partial", "success", "stuck")
+_TYPE_GLOB = re.compile(r"^[A-Za-z0-9_.*?\[\]!-]+$")
+
+
+def split_list(value: object) -> object:
+    """Accept ``a,b,c`` (or a JSON-free space-separated list) as well as a real list."""
+    if isinstance(value, str):
+        return [part for part in re.split(r"[,\s]+", value.strip()) if part]
+    return value
+
+
+def _check_type_globs(globs: list[str]) -> list[str]:
+    for glob in globs:
+        if not _TYPE_GLOB.match(glob):
+            msg = f"{glob!r} is not an action-type glob (letters, digits, _ . * ? [ ]; e.g. VOUCHERS.* or *.IMPORT_CSV)"
+            raise ValueError(msg)
+    return [g.upper() for g in globs]
+
+
+def _check_outcomes(outcomes: list[str]) -> list[str]:
+    unknown = [o for o in outcomes if o.lower() not in OUTCOMES]
+    if unknown:
+        msg = f"unknown outcome {unknown[0]!r}: use any of {', '.join(OUTCOMES)}"
+        raise ValueError(msg)
+    return [o.lower() for o in outcomes]
+
+
+TypeGlobs = Annotated[list[str], NoDecode, BeforeValidator(split_list), AfterValidator(_check_type_globs)]
+Outcomes = Annotated[list[str], NoDecode, BeforeValidator(split_list), AfterValidator(_check_outcomes)]
 
 
 class SinkSettings(BaseModel):
@@ -53,6 +83,21 @@ class SinkSettings(BaseModel):
     secret: SecretStr | None = None
     max_concurrency: int = Field(default=4, ge=1, le=64)
     timeout_s: float = Field(default=15.0, gt=0, le=300)
+    types: TypeGlobs = Field(default_factory=list)
+    outcomes: Outcomes = Field(default_factory=list)
+    min_interval_s: float = Field(default=1.0, ge=0, le=60)  # Slack: about one message a second per webhook
+
+    @model_validator(mode="after")
+    def _secret_only_for_webhooks(self) -> SinkSettings:
+        if self.kind == "slack" and self.secret is not None:
+            msg = "a Slack sink takes no secret (its URL is the credential)"
+            raise ValueError(msg)
+        return self
+
+    def accepts(self, *, action_type: str, outcome: str) -> bool:
+        """Whether this sink's filters let an event of this action type and outcome through."""
+        type_ok = not self.types or any(fnmatch.fnmatchcase(action_type.upper(), glob) for glob in self.types)
+        return type_ok and (not self.outcomes or outcome in self.outcomes)
 
     @field_validator("url")
     @classmethod
@@ -119,6 +164,8 @@ class RelaySettings(BaseSettings):
     backfill: Duration | None = None
     webhook_url: SecretStr | None = None
     webhook_secret: SecretStr | None = None
+    slack_webhook_url: SecretStr | None = None
+    stuck_after: Duration = timedelta(hours=1)
     sinks: dict[str, SinkSettings] = Field(default_factory=dict)
     api_budget_per_hour: int | None = Field(default=None, ge=2)
     api_timeout_s: float = Field(default=10.0, gt=0, le=120)
@@ -140,7 +187,7 @@ class RelaySettings(BaseSettings):
             raise ValueError(msg)
         return value.rstrip("/")
 
-    @field_validator("webhook_url")
+    @field_validator("webhook_url", "slack_webhook_url")
     @classmethod
     def _webhook_url(cls, value: SecretStr | None) -> SecretStr | None:
         return None if value is None else check_http_url(value)
@@ -188,13 +235,12 @@ class RelaySettings(BaseSettings):
         return Path(self.state_url.removeprefix("sqlite:///"))
 
     def all_sinks(self) -> dict[str, SinkSettings]:
-        """Return the named sinks plus the one-sink shortcut (named ``webhook``)."""
+        """Return the named sinks plus the shortcuts (named ``webhook`` and ``slack``)."""
         sinks = dict(self.sinks)
         if self.webhook_url is not None:
-            sinks.setdefault(
-                "webhook",
-                SinkSettings(kind="webhook", url=self.webhook_url, secret=self.webhook_secret),
-            )
+            sinks.setdefault("webhook", SinkSettings(kind="webhook", url=self.webhook_url, secret=self.webhook_secret))
+        if self.slack_webhook_url is not None:
+            sinks.setdefault("slack", SinkSettings(kind="slack", url=self.slack_webhook_url))
         return sinks
 
     def secret_values(self) -> list[str]:
@@ -263,7 +309,7 @@ def _check_requirements(settings: RelaySettings, *, require_api: bool, require_s
     if settings.webhook_secret is not None and settings.webhook_url is None:
         raise ConfigError(f"{PREFIX}WEBHOOK_SECRET", "is set but RELAY_WEBHOOK_URL is not")
     if require_sink and not settings.all_sinks():
-        raise ConfigError(f"{PREFIX}WEBHOOK_URL", "no sink configured: set RELAY_WEBHOOK_URL or RELAY_SINKS__<NAME>__KIND/URL")
+        raise ConfigError(f"{PREFIX}WEBHOOK_URL", "no sink configured: set RELAY_WEBHOOK_URL, RELAY_SLACK_WEBHOOK_URL or RELAY_SINKS__<NAME>__KIND/URL")
 
 
 def _config_error(exc: ValidationError) -> ConfigError:

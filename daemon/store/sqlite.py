@@ -27,7 +27,8 @@ CREATE TABLE IF NOT EXISTS actions (
     created_at TEXT,
     updated_at TEXT,
     terminal INTEGER NOT NULL,
-    seen_at REAL NOT NULL
+    seen_at REAL NOT NULL,
+    stuck_notified INTEGER NOT NULL DEFAULT 0
 );
 CREATE INDEX IF NOT EXISTS actions_in_flight ON actions (id) WHERE terminal = 0;
 CREATE INDEX IF NOT EXISTS actions_seen ON actions (seen_at) WHERE terminal = 1;
@@ -127,17 +128,24 @@ class SqliteStateStore:
         with self._errors("read"):
             return {row[0]: ActionSnapshot(*row) for row in self._db.execute(sql)}
 
+    def stuck_notified(self) -> set[str]:
+        """Return the in-flight actions already reported as stuck."""
+        with self._errors("read"):
+            return {row[0] for row in self._db.execute("SELECT id FROM actions WHERE terminal = 0 AND stuck_notified = 1")}
+
     def commit_cycle(self, result: CycleResult, *, now: float) -> int:
         """Persist a cycle's snapshots, forgotten ids, cursor and outbox rows in one transaction."""
         enqueued = 0
         with self._transaction():
             self._db.executemany(
-                "INSERT INTO actions VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT(id) DO UPDATE SET "
+                "INSERT INTO actions (id, type, status, operation_status, progress, created_at, updated_at, terminal, seen_at) "
+                "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT(id) DO UPDATE SET "
                 "type=excluded.type, status=excluded.status, operation_status=excluded.operation_status, "
                 "progress=excluded.progress, updated_at=excluded.updated_at, terminal=excluded.terminal, seen_at=excluded.seen_at",
                 [(*_snapshot_row(s), int(s.terminal), now) for s in result.snapshots],
             )
             self._db.executemany("DELETE FROM actions WHERE id = ?", [(i,) for i in result.forgotten])
+            self._db.executemany("UPDATE actions SET stuck_notified = 1 WHERE id = ?", [(i,) for i in result.stuck])
             for event, sinks in result.events:
                 enqueued += self._insert_event(event, sinks, now=now)
             if result.newest_created_at is not None:

@@ -31,6 +31,9 @@ BASE = {"RELAY_VOUCHERIFY_APP_ID": "app", "RELAY_VOUCHERIFY_APP_TOKEN": APP_TOKE
         ({"RELAY_SINKS__OPS__KIND": "pager"}, "RELAY_SINKS__OPS__KIND"),
         ({"RELAY_SINKS__OPS__KIND": "webhook"}, "RELAY_SINKS__OPS__URL"),
         ({"RELAY_VOUCHERIFY_APP_TOKEN_FILE": "/nonexistent/token"}, "RELAY_VOUCHERIFY_APP_TOKEN_FILE"),
+        ({"RELAY_SINKS__OPS__KIND": "slack", "RELAY_SINKS__OPS__URL": "https://x.test/y", "RELAY_SINKS__OPS__OUTCOMES": "maybe"}, "RELAY_SINKS__OPS__OUTCOMES"),
+        ({"RELAY_SINKS__OPS__KIND": "slack", "RELAY_SINKS__OPS__URL": "https://x.test/y", "RELAY_SINKS__OPS__TYPES": "VOUCHERS/*"}, "RELAY_SINKS__OPS__TYPES"),
+        ({"RELAY_STUCK_AFTER": "a while"}, "RELAY_STUCK_AFTER"),
     ],
 )
 async def test_bad_configuration_exits_78_naming_the_variable(run_cli, env, variable):
@@ -95,3 +98,26 @@ async def test_demo_runs_on_embedded_defaults(run_cli):
     assert "4 event(s) received, 0 bad signature(s)" in out
     assert "CUSTOMERS.IMPORT_CSV" in out
     assert WEBHOOK_SECRET not in out + err
+
+
+async def test_send_test_reports_each_sinks_answer(run_cli, tmp_path, receiver):
+    """`send-test` sends a marked sample through every sink and says what each receiver answered."""
+    from tests.fakes.slack import FakeSlack  # noqa: PLC0415
+
+    slack = FakeSlack(min_interval_s=0)
+    await slack.start()
+    try:
+        env = {"RELAY_WEBHOOK_URL": receiver.url, "RELAY_WEBHOOK_SECRET": WEBHOOK_SECRET, "RELAY_SLACK_WEBHOOK_URL": slack.url}
+        code, out, err = await run_cli("send-test", env=env)
+        assert code == 0, out + err
+        assert "sink webhook" in out and "sink slack" in out
+        assert receiver.delivered[0].envelope["type"] == "relay.test"
+        assert "test" in slack.messages[0]["text"].lower()
+        assert slack.url not in out + err
+        slack.fail_next("channel_not_found")
+        code, out, _ = await run_cli("send-test", "--sink", "slack", env=env)
+        assert code == 1
+        assert "channel_not_found" in out and "check the URL" in out
+        assert len(receiver.delivered) == 1, "--sink slack sends to Slack only"
+    finally:
+        await slack.close()
