@@ -21,6 +21,7 @@ import structlog
 from apscheduler.schedulers.asyncio import AsyncIOScheduler
 
 from daemon.budget import WINDOW_S, RequestBudget
+from daemon.cadence import Cadence, next_poll
 from daemon.errors import AuthError, BudgetExhaustedError, RateLimitedError, StoreError, VoucherifyError
 from daemon.model import Event
 from daemon.outbox import DeliveryPolicy, Dispatcher
@@ -100,6 +101,9 @@ class Relay:
         self._auth_failures = 0
         self.last_poll: PollReport | None = None
         self.last_poll_ok_at: float | None = None
+        self.cadence = Cadence(fast_s=settings.poll_interval, idle_s=settings.idle_poll_interval, budget_per_hour=settings.api_budget_per_hour)
+        self._last_activity_at = 0.0
+        self._pace_reason = "busy"
 
     async def start(self) -> None:
         """Open the database, the HTTP session and the adapters; start the scheduler."""
@@ -145,6 +149,8 @@ class Relay:
             "relay.started",
             api_url=self.settings.voucherify_api_url,
             poll_interval_s=self.settings.poll_interval,
+            idle_poll_interval_s=self.settings.idle_poll_interval,
+            api_budget_per_hour=self.settings.api_budget_per_hour,
             state=str(self.settings.state_path),
             sinks={name: sink.describe() for name, sink in self.sinks.items()},
             first_run=self.store.load_cursor().first_run,
@@ -197,9 +203,38 @@ class Relay:
         self._auth_failures = 0
         self.last_poll, self.last_poll_ok_at = report, time.time()
         self._log_cycle(report, started)
+        self._pace(report)
         if report.events:
             self._wake_dispatch()
 
+    def _pace(self, report: PollReport) -> None:
+        """Schedule the next poll: fast while busy, slow when idle, never above the budget."""
+        now = time.time()
+        if report.in_flight or report.transitions:
+            self._last_activity_at = now
+        busy = now - self._last_activity_at < self.cadence.idle_s
+        decision = next_poll(self.cadence, busy=busy, remaining=self.client.rate_limit_remaining, limit=self.client.rate_limit_limit)
+        if decision.reason != self._pace_reason:
+            self._log_pace(decision.reason, decision.interval_s)
+            self._pace_reason = decision.reason
+        job = self._scheduler.get_job("poll")
+        if job is not None:
+            job.modify(next_run_time=datetime.fromtimestamp(now + decision.interval_s, tz=UTC))
+
+    def _log_pace(self, reason: str, interval_s: float) -> None:
+        if reason == "budget":
+            log.warning("poll.budget_binding", interval_s=round(interval_s, 1), hint="RELAY_API_BUDGET_PER_HOUR spreads polls evenly; raise it for faster detection")
+        elif reason == "rate_limit":
+            log.warning("poll.rate_limit_low", interval_s=interval_s, remaining=self.client.rate_limit_remaining, limit=self.client.rate_limit_limit, hint="slowing down to leave headroom for your application")
+        else:
+            log.info("poll.pace", mode=reason, interval_s=interval_s)
+
+    def wake_poll(self) -> None:
+        """Poll now and stay fast for a while (new activity is expected)."""
+        self._last_activity_at = time.time()
+        job = self._scheduler.get_job("poll")
+        if job is not None:
+            job.modify(next_run_time=_now_dt())
     def _log_cycle(self, report: PollReport, started: float) -> None:
         stats = self.store.outbox_stats()
         log.info(

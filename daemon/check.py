@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import aiohttp
 
+from daemon.cadence import Cadence, estimate_cost, plan_report
 from daemon.errors import AuthError, VoucherifyError
 from daemon.settings import RelaySettings
 from daemon.voucherify import RetryPolicy, VoucherifyClient
@@ -11,12 +12,13 @@ from daemon.voucherify import RetryPolicy, VoucherifyClient
 
 async def run_check(settings: RelaySettings) -> int:
     """Print what the relay would do and whether Voucherify accepts the keys; return the exit status."""
-    print(f"configuration: ok (state {settings.state_path}, poll every {settings.poll_interval:g}s)")
+    print(f"configuration: ok (state {settings.state_path}; poll every {settings.poll_interval:g}s while busy, {settings.idle_poll_interval:g}s when idle)")
     sinks = settings.all_sinks()
     for name, sink in sinks.items():
         print(f"sink {name}: {sink.kind} {sink.display_url()}{'' if sink.kind != 'webhook' or sink.secret else ' (unsigned: set a secret)'}")
     if not sinks:
         print("sinks: none configured: `run` needs RELAY_WEBHOOK_URL or RELAY_SINKS__<NAME>__KIND/URL")
+    print_cost(settings)
     async with aiohttp.ClientSession() as session:
         client = VoucherifyClient(
             session,
@@ -37,3 +39,21 @@ async def run_check(settings: RelaySettings) -> int:
     remaining = "" if client.rate_limit_remaining is None else f"; {client.rate_limit_remaining} requests left in the current rate-limit period"
     print(f"voucherify: ok ({settings.voucherify_api_url} accepted the keys; {len(page.actions)} recent action(s) visible{remaining})")
     return 0 if sinks else 1
+
+
+def print_cost(settings: RelaySettings) -> None:
+    """Print what the polling settings will cost in Voucherify requests."""
+    cadence = Cadence(fast_s=settings.poll_interval, idle_s=settings.idle_poll_interval, budget_per_hour=settings.api_budget_per_hour)
+    cost = estimate_cost(cadence)
+    busy_total = cost.busy_per_hour + cost.gets_per_hour
+    print(
+        f"cost: idle {cost.idle_per_hour:,.0f} requests/hour ({cost.per_month(busy_hours_per_day=0):,.0f}/month); "
+        f"busy {busy_total:,.0f}/hour (polls plus ~{cost.gets_per_hour:g} GETs for finished actions); "
+        f"with 2 busy hours a day {cost.per_month(busy_hours_per_day=2):,.0f}/month"
+    )
+    if settings.api_budget_per_hour is not None:
+        print(f"budget: at most {settings.api_budget_per_hour} requests in any hour (RELAY_API_BUDGET_PER_HOUR), polls spread at least {cadence.budget_floor_s:g}s apart")
+    for line in plan_report(cost):
+        print(f"  {line}")
+    if busy_total > 100 and settings.api_budget_per_hour is None:  # noqa: PLR2004 - the sandbox limit
+        print("  note: a sandbox project allows 100 requests/hour: set RELAY_API_BUDGET_PER_HOUR=80 there")

@@ -160,6 +160,7 @@ class RelaySettings(BaseSettings):
     voucherify_app_id: str | None = None
     voucherify_app_token: SecretStr | None = None
     poll_interval: float = Field(default=30.0, ge=0.05, le=86400)
+    idle_poll_interval: float = Field(default=300.0, ge=0.05, le=86400)
     state_url: str = "sqlite:///./voucherify-relay.db"
     backfill: Duration | None = None
     webhook_url: SecretStr | None = None
@@ -306,6 +307,8 @@ def _check_requirements(settings: RelaySettings, *, require_api: bool, require_s
         raise ConfigError(f"{PREFIX}VOUCHERIFY_APP_ID", "is required (Project settings > Application keys)")
     if require_api and settings.voucherify_app_token is None:
         raise ConfigError(f"{PREFIX}VOUCHERIFY_APP_TOKEN", "is required (or RELAY_VOUCHERIFY_APP_TOKEN_FILE)")
+    if settings.idle_poll_interval < settings.poll_interval:
+        raise ConfigError(f"{PREFIX}IDLE_POLL_INTERVAL", f"must be at least RELAY_POLL_INTERVAL ({settings.poll_interval:g}s): it is the slow pace")
     if settings.webhook_secret is not None and settings.webhook_url is None:
         raise ConfigError(f"{PREFIX}WEBHOOK_SECRET", "is set but RELAY_WEBHOOK_URL is not")
     if require_sink and not settings.all_sinks():

@@ -84,6 +84,7 @@ class VoucherifyClient:
         self._blocked_until = 0.0
         self.calls: Counter[tuple[str, str]] = Counter()  # (endpoint, status or error kind)
         self.rate_limit_remaining: int | None = None
+        self.rate_limit_limit: int | None = None
 
     def __repr__(self) -> str:
         return f"VoucherifyClient(base_url={self._base_url!r})"
@@ -159,9 +160,10 @@ class VoucherifyClient:
         return _decode(path, raw)
 
     def _note_limits(self, headers: Mapping[str, str]) -> None:
-        remaining = headers.get("X-Rate-Limit-Remaining")
-        if remaining is not None and remaining.strip().lstrip("-").isdigit():
-            self.rate_limit_remaining = int(remaining)
+        remaining = _header_int(headers, "X-Rate-Limit-Remaining")
+        limit = _header_int(headers, "X-Rate-Limit-Limit")
+        self.rate_limit_remaining = remaining if remaining is not None else self.rate_limit_remaining
+        self.rate_limit_limit = limit if limit is not None else self.rate_limit_limit
 
     def _status_error(self, path: str, status: int, raw: bytes, headers: Mapping[str, str]) -> VoucherifyError:
         detail = _error_detail(raw)
@@ -177,6 +179,11 @@ class VoucherifyClient:
         if status >= 500 or status == 408:  # noqa: PLR2004
             return ServerError(where, status=status)
         return ClientRequestError(where, status=status)
+
+
+def _header_int(headers: Mapping[str, str], name: str) -> int | None:
+    value = headers.get(name, "").strip()
+    return int(value) if value.isdigit() else None
 
 
 def _retryable(exc: BaseException) -> bool:

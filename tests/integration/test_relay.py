@@ -191,13 +191,19 @@ async def test_bad_credentials_are_loud_and_do_not_crash(standin, receiver, make
 
 
 async def test_budget_is_never_exceeded(standin, receiver, make_settings):
-    """With RELAY_API_BUDGET_PER_HOUR=5, the sixth request is never sent, even across a restart."""
+    """With RELAY_API_BUDGET_PER_HOUR=5, polls are spread out, and even forced polls never send a sixth request, across a restart."""
     settings = make_settings(api_budget_per_hour="5")
-    async with running(settings):
-        await until(lambda: standin.count("any") >= 5)
-        await asyncio.sleep(0.5)  # several more poll intervals: none may send
-    async with running(settings):
-        await asyncio.sleep(0.3)
+    async with running(settings) as relay:
+        await baseline(relay)
+        await asyncio.sleep(0.5)
+        assert standin.count("any") == 1, "the budget spreads polls (one per 900 s here)"
+        for _ in range(8):
+            relay.wake_poll()
+            await asyncio.sleep(0.1)
+    async with running(settings) as relay:
+        for _ in range(4):
+            relay.wake_poll()
+            await asyncio.sleep(0.1)
     assert standin.count("any") == 5
 
 
