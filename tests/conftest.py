@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+import sys
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -12,9 +13,11 @@ import pytest
 from daemon.settings import RelaySettings, load_settings
 from daemon.standin import VoucherifyStandIn
 from tests.fakes.receiver import RecordingReceiver
+from tests.fakes.slack import HOOK_PATH as FAKE_SLACK_HOOK_PATH
 
 APP_TOKEN = "tok_live_s3cr3t_0123456789abcdef"
 WEBHOOK_SECRET = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw"
+SLACK_URL = "https://hooks.slack.com/services/T000/B000/XXXXXXXXXXXXXXXXXXXXXXXX"  # a placeholder, not a real hook
 
 
 @pytest.fixture
@@ -43,6 +46,7 @@ def relay_env(tmp_path: Path, standin: VoucherifyStandIn, receiver: RecordingRec
         "RELAY_VOUCHERIFY_APP_ID": "app-123",
         "RELAY_VOUCHERIFY_APP_TOKEN": APP_TOKEN,
         "RELAY_POLL_INTERVAL": "0.1",
+        "RELAY_IDLE_POLL_INTERVAL": "0.1",
         "RELAY_STATE_URL": f"sqlite:///{tmp_path}/state.db",
         "RELAY_WEBHOOK_URL": receiver.url,
         "RELAY_WEBHOOK_SECRET": WEBHOOK_SECRET,
@@ -70,3 +74,45 @@ async def until(predicate: Callable[[], bool], *, timeout_s: float = 10.0, inter
         if time.monotonic() > deadline:
             pytest.fail(f"condition not met within {timeout_s}s")
         await asyncio.sleep(interval_s)
+
+
+# --- secrets never reach output -----------------------------------------------------
+
+KNOWN_SECRETS = {
+    "app token": APP_TOKEN,
+    "webhook secret": WEBHOOK_SECRET,
+    "webhook secret key": WEBHOOK_SECRET.removeprefix("whsec_"),
+    "Slack URL": SLACK_URL,
+    "Slack URL token": SLACK_URL.rsplit("/", 1)[-1],
+    "FakeSlack hook token": FAKE_SLACK_HOOK_PATH.rsplit("/", 1)[-1],
+}
+_watched: list[Callable[[], str]] = []
+
+
+def watch_output(source: Callable[[], str]) -> None:
+    """Have the secret scan read ``source()`` after the test too (a subprocess's collected output)."""
+    _watched.append(source)
+
+
+def find_secrets(text: str, secrets: dict[str, str] | None = None) -> list[str]:
+    """Return the names of the known test secrets that occur in ``text``."""
+    return [name for name, value in (secrets or KNOWN_SECRETS).items() if value in text]
+
+
+@pytest.fixture(autouse=True)
+def no_secret_in_output(request: pytest.FixtureRequest, caplog: pytest.LogCaptureFixture) -> Iterator[None]:
+    """Fail any test whose captured stdout/stderr, log records or watched subprocess output holds a test secret."""
+    uses_sys = {"capsys", "capsysbinary"} & set(request.fixturenames)
+    capture = request.getfixturevalue(uses_sys.pop() if uses_sys else "capfd")
+    _watched.clear()
+    yield
+    out, err = capture.readouterr()
+    sys.stdout.write(out if isinstance(out, str) else out.decode(errors="replace"))  # give it back to pytest's report
+    sys.stderr.write(err if isinstance(err, str) else err.decode(errors="replace"))
+    records = [caplog.handler.format(r) for phase in ("setup", "call") for r in caplog.get_records(phase)]  # type: ignore[arg-type]
+    sources = {"stdout": str(out), "stderr": str(err), "log records": "\n".join(records)}
+    sources |= {f"watched output {n}": source() for n, source in enumerate(_watched)}
+    _watched.clear()
+    leaks = [f"{name} in {where}" for where, text in sources.items() for name in find_secrets(text)]
+    if leaks:
+        pytest.fail("secret leaked: " + ", ".join(leaks), pytrace=False)

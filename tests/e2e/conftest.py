@@ -11,6 +11,8 @@ from pathlib import Path
 
 import pytest
 
+from tests.conftest import watch_output
+
 
 def cli_env(extra: dict[str, str]) -> dict[str, str]:
     """Return a clean environment for the CLI: PATH and friends, no RELAY_* from the caller."""
@@ -34,6 +36,7 @@ class RelayProcess:
             env=cli_env(self.env), stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT,
         )
         self._reader = asyncio.create_task(self._read())
+        watch_output(lambda: "".join(self.output))
 
     async def _read(self) -> None:
         assert self.proc.stdout is not None
@@ -65,6 +68,7 @@ def run_cli(tmp_path: Path):
         )
         out, err = await asyncio.wait_for(proc.communicate(), timeout_s)
         assert proc.returncode is not None
+        watch_output(lambda: out.decode() + err.decode())
         return proc.returncode, out.decode(), err.decode()
 
     return run
