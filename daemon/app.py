@@ -197,7 +197,7 @@ class Relay:
         except StoreError as exc:
             log.error("poll.store_failed", caused_by=str(exc))
             return
-        except Exception:  # noqa: BLE001 - one bad cycle never stops the daemon
+        except Exception:
             log.exception("poll.crashed")
             return
         self._auth_failures = 0
@@ -223,9 +223,12 @@ class Relay:
 
     def _log_pace(self, reason: str, interval_s: float) -> None:
         if reason == "budget":
-            log.warning("poll.budget_binding", interval_s=round(interval_s, 1), hint="RELAY_API_BUDGET_PER_HOUR spreads polls evenly; raise it for faster detection")
+            hint = "RELAY_API_BUDGET_PER_HOUR spreads polls evenly; raise it for faster detection"
+            log.warning("poll.budget_binding", interval_s=round(interval_s, 1), hint=hint)
         elif reason == "rate_limit":
-            log.warning("poll.rate_limit_low", interval_s=interval_s, remaining=self.client.rate_limit_remaining, limit=self.client.rate_limit_limit, hint="slowing down to leave headroom for your application")
+            client = self.client
+            hint = "slowing down to leave headroom for your application"
+            log.warning("poll.rate_limit_low", interval_s=interval_s, remaining=client.rate_limit_remaining, limit=client.rate_limit_limit, hint=hint)
         else:
             log.info("poll.pace", mode=reason, interval_s=interval_s)
 
@@ -235,6 +238,7 @@ class Relay:
         job = self._scheduler.get_job("poll")
         if job is not None:
             job.modify(next_run_time=_now_dt())
+
     def _log_cycle(self, report: PollReport, started: float) -> None:
         stats = self.store.outbox_stats()
         log.info(

@@ -52,7 +52,8 @@ def print_cost(settings: RelaySettings) -> None:
         f"with 2 busy hours a day {cost.per_month(busy_hours_per_day=2):,.0f}/month"
     )
     if settings.api_budget_per_hour is not None:
-        print(f"budget: at most {settings.api_budget_per_hour} requests in any hour (RELAY_API_BUDGET_PER_HOUR), polls spread at least {cadence.budget_floor_s:g}s apart")
+        budget = settings.api_budget_per_hour
+        print(f"budget: at most {budget} requests in any hour (RELAY_API_BUDGET_PER_HOUR), polls spread at least {cadence.budget_floor_s:g}s apart")
     for line in plan_report(cost):
         print(f"  {line}")
     if busy_total > 100 and settings.api_budget_per_hour is None:  # noqa: PLR2004 - the sandbox limit

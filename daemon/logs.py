@@ -30,7 +30,7 @@ class Redactor:
                 event_dict[key] = self._mask(value)
         return event_dict
 
-    def _mask(self, value: Any) -> Any:
+    def _mask(self, value: object) -> object:
         if isinstance(value, str):
             for secret in self._secrets:
                 if secret in value:

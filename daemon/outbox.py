@@ -38,9 +38,9 @@ class DeliveryPolicy:
     def next_delay(self, attempts: int, retry_after_s: float | None) -> float:
         """Return the wait before the next attempt: exponential with equal jitter, or Retry-After."""
         if retry_after_s is not None:
-            return min(max(retry_after_s, MIN_RETRY_AFTER_S), MAX_RETRY_AFTER_S)
+            return float(min(max(retry_after_s, MIN_RETRY_AFTER_S), MAX_RETRY_AFTER_S))
         ceiling = min(self.max_delay_s, BASE_DELAY_S * 2 ** min(attempts, 30))
-        return ceiling / 2 + random.uniform(0, ceiling / 2)  # noqa: S311 - jitter, not crypto
+        return float(ceiling / 2 + random.uniform(0, ceiling / 2))  # noqa: S311 - jitter, not crypto
 
 
 @dataclass
@@ -112,7 +112,7 @@ class Dispatcher:
         try:
             while batch := self._store.claim_due(now=self._clock(), limit=self._policy.batch_size, sink=name):
                 await asyncio.gather(*(self._deliver(sink, d, limit) for d in batch))
-        except Exception:  # noqa: BLE001 - a broken drain must not kill the scheduler; the next kick restarts it
+        except Exception:
             log.exception("dispatch.crashed", sink=name)
 
     async def _deliver(self, sink: Sink, delivery: Delivery, limit: asyncio.Semaphore) -> None:
@@ -129,10 +129,18 @@ class Dispatcher:
             self._store.mark_delivered(delivery.row_id, now=now)
             self.stats.delivered += 1
             self._count(delivery.sink, "delivered")
-            log.info("delivery.sent", sink=delivery.sink, event_id=delivery.event_id, action_id=delivery.action_id, status=result.status, attempt=delivery.attempts + 1)
+            log.info(
+                "delivery.sent",
+                sink=delivery.sink,
+                event_id=delivery.event_id,
+                action_id=delivery.action_id,
+                status=result.status,
+                attempt=delivery.attempts + 1,
+            )
         elif result.gone:
             self._gone.add(delivery.sink)
-            log.error("sink.gone", sink=delivery.sink, detail=result.detail, hint="the receiver says this endpoint no longer exists; deliveries to it are dead-lettered until the relay restarts")
+            hint = "the receiver says this endpoint no longer exists; deliveries to it are dead-lettered until the relay restarts"
+            log.error("sink.gone", sink=delivery.sink, detail=result.detail, hint=hint)
             self._dead(delivery, result.detail, outcome="gone")
         elif result.permanent:
             log.error("sink.misconfigured", sink=delivery.sink, detail=result.detail)
@@ -149,7 +157,14 @@ class Dispatcher:
         delay = min(self._policy.next_delay(delivery.attempts, result.retry_after_s), deadline - now)
         self._store.reschedule(delivery.row_id, next_attempt_at=now + delay, error=result.detail)
         self._count(delivery.sink, "retry")
-        log.warning("delivery.retry_scheduled", sink=delivery.sink, event_id=delivery.event_id, attempt=delivery.attempts + 1, caused_by=result.detail, retry_in_s=round(delay, 3))
+        log.warning(
+            "delivery.retry_scheduled",
+            sink=delivery.sink,
+            event_id=delivery.event_id,
+            attempt=delivery.attempts + 1,
+            caused_by=result.detail,
+            retry_in_s=round(delay, 3),
+        )
 
     def _dead(self, delivery: Delivery, reason: str, *, outcome: str) -> None:
         self._store.mark_dead(delivery.row_id, reason=reason)

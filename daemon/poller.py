@@ -14,9 +14,10 @@ checked: if it is not newest first we log it and keep paging to the end of the l
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
+from itertools import pairwise
 from typing import Any
 
 import structlog
@@ -162,7 +163,7 @@ class Poller:
             end_date = format_timestamp(oldest + timedelta(milliseconds=1))
         return ListWindow(items=items, pages=pages, ordered=ordered)
 
-    def _snapshots(self, items: Any) -> list[ActionSnapshot]:
+    def _snapshots(self, items: Iterable[Mapping[str, Any]]) -> list[ActionSnapshot]:
         return [s for s in (snapshot_from(i) for i in items) if s is not None]
 
     async def _recheck_missing(
@@ -183,9 +184,7 @@ class Poller:
                 log.warning("action.recheck_failed", action_id=action_id, caused_by=str(exc))
         return details, gone, self._snapshots(details.values())
 
-    async def _events_for(
-        self, changes: Sequence[Change], details: dict[str, dict[str, Any]], *, now: datetime
-    ) -> tuple[list[Change], list[Event]]:
+    async def _events_for(self, changes: Sequence[Change], details: dict[str, dict[str, Any]], *, now: datetime) -> tuple[list[Change], list[Event]]:
         kept: list[Change] = []
         events: list[Event] = []
         for change in changes:
@@ -244,7 +243,7 @@ def _created(entry: Mapping[str, Any]) -> datetime | None:
 
 def _newest_first(entries: Sequence[Mapping[str, Any]]) -> bool:
     moments = [m for m in (_created(e) for e in entries) if m is not None]
-    return all(a >= b for a, b in zip(moments, moments[1:], strict=False))
+    return all(a >= b for a, b in pairwise(moments))
 
 
 def _oldest(entries: Sequence[Mapping[str, Any]]) -> datetime | None:
@@ -252,7 +251,7 @@ def _oldest(entries: Sequence[Mapping[str, Any]]) -> datetime | None:
     return min(moments) if moments else None
 
 
-def _newest(current: str | None, entries: Any) -> str | None:
+def _newest(current: str | None, entries: Iterable[Mapping[str, Any]]) -> str | None:
     moments = [m for m in (_created(e) for e in entries) if m is not None]
     known = parse_timestamp(current)
     if known is not None:

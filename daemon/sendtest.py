@@ -26,7 +26,8 @@ async def send_test(settings: RelaySettings, *, only: str | None = None) -> int:
         sinks = build_sinks(settings, session)
         for name in [only.lower()] if only else sorted(sinks):
             sink = sinks[name]
-            delivery = Delivery(row_id=0, event_id=event.id, event_type=event.type, sink=name, action_id="", body=event.body(), attempts=0, created_at=time.time())
+            body = event.body()
+            delivery = Delivery(row_id=0, event_id=event.id, event_type=event.type, sink=name, action_id="", body=body, attempts=0, created_at=time.time())
             result = await sink.send(delivery)
             verdict = "delivered" if result.delivered else "FAILED"
             advice = _advice(result.delivered, gone=result.gone, permanent=result.permanent)

@@ -25,7 +25,6 @@ from daemon.errors import ConfigError
 PREFIX = "RELAY_"
 _DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h|d|w)?\s*$", re.IGNORECASE)
 _UNIT_S = {"ms": 0.001, "s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
-SECRET_VARIABLES = ("VOUCHERIFY_APP_TOKEN", "WEBHOOK_SECRET", "WEBHOOK_URL", "SLACK_WEBHOOK_URL")
 
 
 def parse_duration(value: object) -> object:
@@ -221,7 +220,7 @@ class RelaySettings(BaseSettings):
     @classmethod
     def settings_customise_sources(
         cls,
-        settings_cls: type[BaseSettings],
+        settings_cls: type[BaseSettings],  # noqa: ARG003 - the signature pydantic-settings calls
         init_settings: PydanticBaseSettingsSource,
         env_settings: PydanticBaseSettingsSource,  # noqa: ARG003 - replaced by MappingEnvSource
         dotenv_settings: PydanticBaseSettingsSource,  # noqa: ARG003
@@ -276,8 +275,10 @@ def load_settings(environ: Mapping[str, str] | None = None, *, require_api: bool
         settings = RelaySettings(**values)
     except ValidationError as exc:
         raise _config_error(exc) from None
-    except ValueError as exc:  # JSON in a nested variable, say
-        raise ConfigError(f"{PREFIX}*", _scrub(str(exc), env)) from None
+    except ValueError as exc:  # pydantic-settings could not decode a JSON value
+        field = re.search(r'field "([a-z_]+)"', str(exc))
+        variable = PREFIX + field.group(1).upper() if field else f"{PREFIX}*"
+        raise ConfigError(variable, "is not valid JSON (or set its parts one by one: RELAY_SINKS__<NAME>__KIND, ...)") from None
     _check_requirements(settings, require_api=require_api, require_sink=require_sink)
     return settings
 
@@ -328,11 +329,3 @@ def env_name(loc: tuple[Any, ...]) -> str:
     """Map a pydantic error location to the variable a user sets."""
     parts = [str(p).upper() for p in loc if not str(p).startswith(("function-", "literal["))]
     return PREFIX + "__".join(parts) if parts else f"{PREFIX}*"
-
-
-def _scrub(text: str, env: Mapping[str, str]) -> str:
-    for key in SECRET_VARIABLES:
-        value = env.get(PREFIX + key)
-        if value:
-            text = text.replace(value, "***")
-    return text

@@ -225,7 +225,7 @@ class VoucherifyStandIn:
         return self._base_url
 
     # -- scenario control ------------------------------------------------------------
-    def add_action(  # noqa: PLR0913 - the scenario API mirrors the action's fields
+    def add_action(
         self,
         type: str = "CUSTOMERS.IMPORT_CSV",  # noqa: A002 - Voucherify's field name
         *,
@@ -546,7 +546,7 @@ async def _serve(args: argparse.Namespace) -> None:
     )
     try:
         url = await standin.start(args.host, args.port)
-        print(f"voucherify stand-in serving on {url}", flush=True)  # noqa: T201 - a CLI
+        print(f"voucherify stand-in serving on {url}", flush=True)
         if args.examples:
             standin.add_example_actions()
         if args.demo:

@@ -165,8 +165,7 @@ class SqliteStateStore:
         rows = [(event.id, event.type, sink, action_id, body, now, now) for sink in sinks]
         before = self._db.total_changes
         self._db.executemany(
-            "INSERT OR IGNORE INTO outbox (event_id, event_type, sink, action_id, body, created_at, next_attempt_at) "
-            "VALUES (?, ?, ?, ?, ?, ?, ?)",
+            "INSERT OR IGNORE INTO outbox (event_id, event_type, sink, action_id, body, created_at, next_attempt_at) VALUES (?, ?, ?, ?, ?, ?, ?)",
             rows,
         )
         return self._db.total_changes - before
@@ -190,7 +189,7 @@ class SqliteStateStore:
     def dead_letter_unknown_sinks(self, known: Iterable[str]) -> int:
         """Dead-letter pending rows for sinks that are no longer configured; return how many."""
         names = list(known)
-        marks = ",".join("?" * len(names)) or "NULL"
+        marks = ",".join("?" * len(names))  # SQLite reads NOT IN () as true: no sink known, every row orphaned
         sql = (
             "UPDATE outbox SET status='dead', next_attempt_at=NULL, "  # noqa: S608 - placeholders only
             "last_error='sink ' || sink || ' is no longer configured; add it back, then replay' "
