@@ -7,14 +7,10 @@ Voucherify client, the poller, the dispatcher and the APScheduler jobs.
 from __future__ import annotations
 
 import asyncio
-import contextlib
-import fcntl
-import signal
 import time
 from collections.abc import Callable, Coroutine, Sequence
 from datetime import UTC, datetime
-from pathlib import Path
-from typing import IO, Any
+from typing import Any
 
 import aiohttp
 import structlog
@@ -23,6 +19,9 @@ from apscheduler.schedulers.asyncio import AsyncIOScheduler
 from daemon.budget import WINDOW_S, RequestBudget
 from daemon.cadence import Cadence, next_poll
 from daemon.errors import AuthError, BudgetExhaustedError, RateLimitedError, StoreError, VoucherifyError
+from daemon.health import HealthServer, liveness, parse_listen, readiness
+from daemon.lock import InstanceLock
+from daemon.metrics import RelayMetrics, failure_reason
 from daemon.model import Event
 from daemon.outbox import DeliveryPolicy, Dispatcher
 from daemon.poller import Poller, PollReport
@@ -38,6 +37,7 @@ DISPATCH_INTERVAL_S = 1.0
 PRUNE_INTERVAL_S = 3600.0
 SHUTDOWN_GRACE_S = 20.0
 AUTH_BACKOFF_S = (60.0, 900.0)
+BLOCKED_UNTIL = "api_blocked_until"  # a 429's Retry-After deadline, kept across restarts
 
 
 def build_sinks(settings: RelaySettings, session: aiohttp.ClientSession) -> dict[str, Sink]:
@@ -63,32 +63,6 @@ def open_store(settings: RelaySettings) -> SqliteStateStore:
     return SqliteStateStore(settings.state_path)
 
 
-class InstanceLock:
-    """An exclusive lock beside the database, so two relays never share one outbox."""
-
-    def __init__(self, db_path: Path) -> None:
-        self._path = db_path.with_name(db_path.name + ".lock")
-        self._file: IO[str] | None = None
-
-    def acquire(self) -> None:
-        """Take the lock or raise StoreError naming the file."""
-        self._path.parent.mkdir(parents=True, exist_ok=True)
-        handle = self._path.open("a")
-        try:
-            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except OSError:
-            handle.close()
-            msg = f"another voucherify-relay is already running on this state database (lock {self._path} is held)"
-            raise StoreError(msg) from None
-        self._file = handle
-
-    def release(self) -> None:
-        """Release the lock."""
-        if self._file is not None:
-            self._file.close()
-            self._file = None
-
-
 class Relay:
     """The running daemon: poll and dispatch jobs on one event loop."""
 
@@ -104,16 +78,33 @@ class Relay:
         self.cadence = Cadence(fast_s=settings.poll_interval, idle_s=settings.idle_poll_interval, budget_per_hour=settings.api_budget_per_hour)
         self._last_activity_at = 0.0
         self._pace_reason = "busy"
+        self._interval_s = settings.poll_interval
+        self._last_tick = time.monotonic()
+        self._poll_started: float | None = None
+        self._stopping = False
+        self._seen_events: list[Event] = []
+        self._health: HealthServer | None = None
+        self.http_port: int | None = None
+        self.metrics = RelayMetrics()
 
     async def start(self) -> None:
-        """Open the database, the HTTP session and the adapters; start the scheduler."""
+        """Open the database, the HTTP session and the adapters; start the scheduler.
+
+        If anything fails on the way, what was opened is closed again before the error propagates.
+        """
         self._lock.acquire()
+        self._opened: list[SqliteStateStore | aiohttp.ClientSession] = []
         try:
-            self.store = open_store(self.settings)
-        except StoreError:
-            self._lock.release()
+            await self._start()
+        except BaseException:
+            await self._close_resources()
             raise
+
+    async def _start(self) -> None:
+        self.store = open_store(self.settings)
+        self._opened.append(self.store)
         self._session = aiohttp.ClientSession(raise_for_status=False)
+        self._opened.append(self._session)
         history = self.store.api_calls_since(time.time() - WINDOW_S)
         budget = RequestBudget(self.settings.api_budget_per_hour, history=history)
         self.client = VoucherifyClient(
@@ -125,6 +116,8 @@ class Relay:
             retry=self._retry or RetryPolicy(max_attempts=self.settings.api_max_attempts),
             timeout_s=self.settings.api_timeout_s,
             on_request=lambda at: self.store.record_api_calls([at]),
+            blocked_until=float(self.store.load_meta(BLOCKED_UNTIL) or 0),
+            on_blocked=lambda until: self.store.save_meta(BLOCKED_UNTIL, f"{until:.3f}"),
         )
         self.sinks = build_sinks(self.settings, self._session)
         self.poller = Poller(
@@ -137,8 +130,11 @@ class Relay:
             stuck_after=self.settings.stuck_after or None,
         )
         policy = DeliveryPolicy(max_delay_s=self.settings.delivery_retry_max_delay, max_age_s=self.settings.delivery_max_age.total_seconds())
-        self.dispatcher = Dispatcher(store=self.store, sinks=self.sinks, policy=policy)
+        self.dispatcher = Dispatcher(store=self.store, sinks=self.sinks, policy=policy, on_result=self.metrics.delivery_result)
         self.dispatcher.start()
+        self.metrics.declare_sinks(self.sinks)
+        self.metrics.watch(outbox_stats=self.store.outbox_stats, ready=self.ready)
+        await self._start_health()
         self._scheduler = AsyncIOScheduler(job_defaults={"coalesce": True, "max_instances": 1, "misfire_grace_time": None})
         now = _now_dt()
         self._scheduler.add_job(self._guard(self.poll), "interval", seconds=self.settings.poll_interval, id="poll", next_run_time=now)
@@ -157,8 +153,30 @@ class Relay:
             backfill_s=self.settings.backfill.total_seconds() if self.settings.backfill else None,
         )
 
+    async def _start_health(self) -> None:
+        address = parse_listen(self.settings.http_listen)
+        if address is None:
+            return
+        self._health = HealthServer(self, self.metrics)
+        try:
+            self.http_port = await self._health.start(*address)
+        except OSError as exc:
+            msg = f"RELAY_HTTP_LISTEN={self.settings.http_listen}: cannot listen ({exc.strerror})"
+            raise StoreError(msg) from None
+
+    def alive(self) -> tuple[bool, str]:
+        """Whether the scheduler runs and its jobs tick (for /healthz and the systemd watchdog)."""
+        running = self._scheduler.running and not self._stopping
+        return liveness(self._last_tick, now=time.monotonic(), scheduler_running=running, poll_started_at=self._poll_started)
+
+    def ready(self) -> tuple[bool, str]:
+        """Whether a poll succeeded recently and the keys are accepted (for /readyz)."""
+        interval = max(self.settings.poll_interval, self._interval_s)
+        return readiness(self.last_poll_ok_at, now=time.time(), poll_interval_s=interval, auth_failed=self._auth_failures > 0, stopping=self._stopping)
+
     def route(self, event: Event) -> Sequence[str]:
         """Return the sinks an event goes to."""
+        self._seen_events.append(event)
         return route_event(self.settings, event)
 
     def _guard(self, job: Callable[[], Coroutine[Any, Any, None]]) -> Callable[[], Coroutine[Any, Any, None]]:
@@ -181,31 +199,40 @@ class Relay:
         """Run one poll cycle; log its outcome; never raise."""
         if time.time() < self._resume_at:
             return
-        started = time.perf_counter()
+        self._poll_started = started = time.monotonic()
+        self._seen_events.clear()
         try:
             report = await self.poller.poll_once()
-        except AuthError as exc:
-            self._auth_backoff(exc)
+        except Exception as exc:  # noqa: BLE001 - one bad cycle never stops the daemon
+            self._poll_failed(exc)
+            self.metrics.poll_failed(failure_reason(exc), duration_s=time.monotonic() - started)
             return
-        except (RateLimitedError, BudgetExhaustedError) as exc:
-            self._resume_at = exc.retry_at
-            log.warning("poll.deferred", caused_by=str(exc), resume_in_s=round(exc.retry_at - time.time(), 1))
-            return
-        except VoucherifyError as exc:
-            log.warning("poll.failed", caused_by=str(exc), hint="retried next cycle")
-            return
-        except StoreError as exc:
-            log.error("poll.store_failed", caused_by=str(exc))
-            return
-        except Exception:
-            log.exception("poll.crashed")
-            return
+        finally:
+            self._poll_started = None
+            self.metrics.observe_api_calls(self.client.calls)
+            self.metrics.set_rate_limit_remaining(self.client.rate_limit_remaining)
         self._auth_failures = 0
         self.last_poll, self.last_poll_ok_at = report, time.time()
+        self.metrics.observe_poll(report, duration_s=time.monotonic() - started)
+        for event in self._seen_events:
+            self.metrics.observe_event(event.type, outcome=event.data.get("outcome"), action_type=event.data.get("type"))
         self._log_cycle(report, started)
         self._pace(report)
         if report.events:
             self._wake_dispatch()
+
+    def _poll_failed(self, exc: Exception) -> None:
+        if isinstance(exc, AuthError):
+            self._auth_backoff(exc)
+        elif isinstance(exc, (RateLimitedError, BudgetExhaustedError)):
+            self._resume_at = exc.retry_at
+            log.warning("poll.deferred", caused_by=str(exc), resume_in_s=round(exc.retry_at - time.time(), 1))
+        elif isinstance(exc, VoucherifyError):
+            log.warning("poll.failed", caused_by=str(exc), hint="retried next cycle")
+        elif isinstance(exc, StoreError):
+            log.error("poll.store_failed", caused_by=str(exc))
+        else:
+            log.error("poll.crashed", exc_info=exc)
 
     def _pace(self, report: PollReport) -> None:
         """Schedule the next poll: fast while busy, slow when idle, never above the budget."""
@@ -217,6 +244,7 @@ class Relay:
         if decision.reason != self._pace_reason:
             self._log_pace(decision.reason, decision.interval_s)
             self._pace_reason = decision.reason
+        self._interval_s = decision.interval_s
         job = self._scheduler.get_job("poll")
         if job is not None:
             job.modify(next_run_time=datetime.fromtimestamp(now + decision.interval_s, tz=UTC))
@@ -253,7 +281,7 @@ class Relay:
             outbox_pending=stats.pending,
             dead_letters=stats.dead,
             baseline=report.first_run or None,
-            duration_ms=round((time.perf_counter() - started) * 1000, 1),
+            duration_ms=round((time.monotonic() - started) * 1000, 1),
         )
 
     def _auth_backoff(self, exc: AuthError) -> None:
@@ -269,6 +297,7 @@ class Relay:
 
     async def dispatch(self) -> None:
         """Start draining sinks with due deliveries; each drains on its own task."""
+        self._last_tick = time.monotonic()
         self.dispatcher.kick()
 
     async def prune(self) -> None:
@@ -283,6 +312,7 @@ class Relay:
 
     async def stop(self, *, grace_s: float = SHUTDOWN_GRACE_S) -> None:
         """Stop scheduling, let running jobs finish within the grace period, close everything."""
+        self._stopping = True
         if self._scheduler.running:
             self._scheduler.shutdown(wait=False)
         deadline = time.monotonic() + grace_s
@@ -295,26 +325,19 @@ class Relay:
             cancelled = self.dispatcher.cancel()
             await self.dispatcher.wait_idle()
             log.warning("relay.shutdown_cancelled", drains=cancelled, hint="unsent deliveries stay due in the outbox")
-        await self._session.close()
-        self.store.close()
-        self._lock.release()
+        await self._close_resources()
         log.info("relay.stopped")
 
-
-async def run_relay(settings: RelaySettings, *, stop: asyncio.Event | None = None, retry: RetryPolicy | None = None) -> None:
-    """Run the relay until SIGTERM/SIGINT (or ``stop`` is set)."""
-    stop = stop or asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for signum in (signal.SIGTERM, signal.SIGINT):
-        with contextlib.suppress(NotImplementedError, RuntimeError):
-            loop.add_signal_handler(signum, stop.set)
-    relay = Relay(settings, retry=retry)
-    await relay.start()
-    try:
-        await stop.wait()
-        log.info("relay.stopping")
-    finally:
-        await relay.stop()
+    async def _close_resources(self) -> None:
+        if self._health is not None:
+            await self._health.close()
+        for resource in reversed(self._opened):
+            if isinstance(resource, aiohttp.ClientSession):
+                await resource.close()
+            else:
+                resource.close()
+        self._opened.clear()
+        self._lock.release()
 
 
 def _now_dt() -> datetime:

@@ -86,7 +86,7 @@ def _settings(*, require_api: bool = True, require_sink: bool = True) -> RelaySe
 
 
 def _run() -> int:
-    from daemon.app import run_relay  # noqa: PLC0415
+    from daemon.lifecycle import run_relay  # noqa: PLC0415
 
     asyncio.run(run_relay(_settings()))
     return 0

@@ -20,7 +20,7 @@ from typing import Any
 
 from aiohttp import web
 
-from daemon.app import run_relay
+from daemon.lifecycle import run_relay
 from daemon.logs import configure_logging
 from daemon.settings import load_settings
 from daemon.sinks.webhook import sign_payload
@@ -112,6 +112,7 @@ async def run_demo(*, seconds: float | None = None, slack_json: bool = False) ->
             "RELAY_WEBHOOK_URL": hook_url,
             "RELAY_WEBHOOK_SECRET": "whsec_" + base64.b64encode(secret_key).decode(),
             "RELAY_LOG_LEVEL": "warning",
+            "RELAY_HTTP_LISTEN": "off",
         }
         configure_logging(level="warning", fmt="console")
         _print_intro(base_url, hook_url, len(history))

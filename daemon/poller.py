@@ -134,8 +134,8 @@ class Poller:
     def _horizon(self, now: datetime, *, first_run: bool, newest: str | None) -> datetime:
         if first_run:
             return now - max(self._backfill or timedelta(0), FIRST_RUN_LOOKBACK)
-        newest_seen = parse_timestamp(newest)
-        return (newest_seen or now) - OVERLAP
+        newest_seen = parse_timestamp(newest) or now
+        return min(newest_seen, now) - OVERLAP  # an entry dated in the future must not hide later ones
 
     async def _list_window(self, horizon: datetime, in_flight: Mapping[str, ActionSnapshot]) -> ListWindow:
         """Page backwards until the horizon (and past it while that is cheaper than GETs by id)."""
@@ -145,7 +145,7 @@ class Poller:
         while True:
             page = await self._client.list_page(limit=self._page_size, end_date=end_date)
             pages += 1
-            entries = [a for a in page.actions if isinstance(a, dict) and isinstance(a.get("id"), str)]
+            entries = [a for a in page.actions if isinstance(a, dict) and isinstance(a.get("id"), str) and a["id"]]
             _warn_invalid(len(page.actions) - len(entries))
             fresh = [a for a in entries if a["id"] not in items]
             items.update((a["id"], a) for a in fresh)

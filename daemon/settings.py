@@ -24,19 +24,24 @@ from daemon.errors import ConfigError
 
 PREFIX = "RELAY_"
 _DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h|d|w)?\s*$", re.IGNORECASE)
+MAX_DURATION_S = 3650 * 86400.0
 _UNIT_S = {"ms": 0.001, "s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
 
 
 def parse_duration(value: object) -> object:
     """Accept ``90s``, ``15m``, ``2h``, ``1d``, ``1w``, ``250ms`` or a bare number of seconds."""
     if isinstance(value, (int, float)) and not isinstance(value, bool):
-        return timedelta(seconds=value)
+        return parse_duration(str(value))
     if isinstance(value, str):
         match = _DURATION.match(value)
         if not match:
             msg = f"not a duration (use e.g. 90s, 15m, 2h, 1d): {value!r}"
             raise ValueError(msg)
-        return timedelta(seconds=float(match.group(1)) * _UNIT_S[(match.group(2) or "s").lower()])
+        seconds = float(match.group(1)) * _UNIT_S[(match.group(2) or "s").lower()]
+        if seconds > MAX_DURATION_S:
+            msg = f"{value!r} is too long (at most 3650d)"
+            raise ValueError(msg)
+        return timedelta(seconds=seconds)
     return value
 
 
@@ -156,7 +161,7 @@ class RelaySettings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix=PREFIX, env_nested_delimiter="__", extra="ignore", frozen=True, env_ignore_empty=True)
 
     voucherify_api_url: str = "https://api.voucherify.io"
-    voucherify_app_id: str | None = None
+    voucherify_app_id: Annotated[str | None, BeforeValidator(lambda v: v.strip() or None if isinstance(v, str) else v)] = None
     voucherify_app_token: SecretStr | None = None
     poll_interval: float = Field(default=30.0, ge=0.05, le=86400)
     idle_poll_interval: float = Field(default=300.0, ge=0.05, le=86400)
@@ -174,7 +179,8 @@ class RelaySettings(BaseSettings):
     max_pages_per_cycle: int = Field(default=20, ge=1, le=1000)
     delivery_retry_max_delay: float = Field(default=300.0, gt=0, le=86400)
     delivery_max_age: Duration = timedelta(hours=24)
-    retention: Duration = timedelta(days=7)
+    retention: Duration = Field(default=timedelta(days=7), ge=timedelta(hours=1))
+    http_listen: str = "127.0.0.1:9464"
     log_format: Literal["json", "console", "auto"] = "auto"
     log_level: Literal["debug", "info", "warning", "error"] = "info"
 
@@ -186,6 +192,13 @@ class RelaySettings(BaseSettings):
             msg = "must be an http(s) URL such as https://api.voucherify.io or https://us1.api.voucherify.io"
             raise ValueError(msg)
         return value.rstrip("/")
+
+    @field_validator("voucherify_app_token")
+    @classmethod
+    def _token(cls, value: SecretStr | None) -> SecretStr | None:
+        if value is None or not value.get_secret_value().strip():
+            return None
+        return SecretStr(value.get_secret_value().strip())
 
     @field_validator("webhook_url", "slack_webhook_url")
     @classmethod
@@ -201,6 +214,14 @@ class RelaySettings(BaseSettings):
     @classmethod
     def _lower(cls, value: object) -> object:
         return value.lower() if isinstance(value, str) else value
+
+    @field_validator("http_listen")
+    @classmethod
+    def _listen(cls, value: str) -> str:
+        from daemon.health import parse_listen  # noqa: PLC0415 - health imports aiohttp; settings stay light
+
+        parse_listen(value)
+        return value
 
     @field_validator("state_url")
     @classmethod
@@ -310,6 +331,9 @@ def _check_requirements(settings: RelaySettings, *, require_api: bool, require_s
         raise ConfigError(f"{PREFIX}VOUCHERIFY_APP_TOKEN", "is required (or RELAY_VOUCHERIFY_APP_TOKEN_FILE)")
     if settings.idle_poll_interval < settings.poll_interval:
         raise ConfigError(f"{PREFIX}IDLE_POLL_INTERVAL", f"must be at least RELAY_POLL_INTERVAL ({settings.poll_interval:g}s): it is the slow pace")
+    for shortcut, name in (("WEBHOOK_URL", "webhook"), ("SLACK_WEBHOOK_URL", "slack")):
+        if getattr(settings, shortcut.lower()) is not None and name in settings.sinks:
+            raise ConfigError(f"{PREFIX}{shortcut}", f"a named sink {name!r} (RELAY_SINKS__{name.upper()}__*) is defined too: rename one")
     if settings.webhook_secret is not None and settings.webhook_url is None:
         raise ConfigError(f"{PREFIX}WEBHOOK_SECRET", "is set but RELAY_WEBHOOK_URL is not")
     if require_sink and not settings.all_sinks():

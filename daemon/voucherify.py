@@ -73,6 +73,8 @@ class VoucherifyClient:
         retry: RetryPolicy | None = None,
         timeout_s: float = 10.0,
         on_request: Callable[[float], None] | None = None,
+        blocked_until: float = 0.0,
+        on_blocked: Callable[[float], None] | None = None,
     ) -> None:
         self._session = session
         self._base_url = base_url.rstrip("/")
@@ -81,7 +83,8 @@ class VoucherifyClient:
         self._retry = retry or RetryPolicy()
         self._timeout = aiohttp.ClientTimeout(total=timeout_s)
         self._on_request = on_request
-        self._blocked_until = 0.0
+        self._blocked_until = blocked_until
+        self._on_blocked = on_blocked
         self.calls: Counter[tuple[str, str]] = Counter()  # (endpoint, status or error kind)
         self.rate_limit_remaining: int | None = None
         self.rate_limit_limit: int | None = None
@@ -175,6 +178,8 @@ class VoucherifyClient:
         if status == 429:  # noqa: PLR2004
             retry_at = _retry_at(headers, now=time.time())
             self._blocked_until = max(self._blocked_until, retry_at)
+            if self._on_blocked:
+                self._on_blocked(self._blocked_until)
             return RateLimitedError(where, retry_at=retry_at, status=status)
         if status >= 500 or status == 408:  # noqa: PLR2004
             return ServerError(where, status=status)

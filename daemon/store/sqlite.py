@@ -170,6 +170,17 @@ class SqliteStateStore:
         )
         return self._db.total_changes - before
 
+    def load_meta(self, key: str) -> str | None:
+        """Return a small persisted value (e.g. a Retry-After deadline), if set."""
+        with self._errors("read"):
+            row = self._db.execute("SELECT value FROM meta WHERE key = ?", (key,)).fetchone()
+        return None if row is None else str(row[0])
+
+    def save_meta(self, key: str, value: str) -> None:
+        """Persist a small value."""
+        with self._errors("write"):
+            self._set_meta(key, value)
+
     def _set_meta(self, key: str, value: str) -> None:
         self._db.execute("INSERT INTO meta VALUES (?, ?) ON CONFLICT(key) DO UPDATE SET value=excluded.value", (key, value))
 

@@ -1,0 +1,190 @@
+"""Prometheus metrics: what the relay did, counted in its own registry.
+
+``RelayMetrics`` owns a private ``CollectorRegistry`` (never the global one), so tests
+can build as many as they like. The app calls small methods as things happen; outbox
+depth and readiness are read through callables at scrape time, so they are never stale.
+Scrapes run on the event loop thread (``render()`` is cheap), which keeps the SQLite
+connection on the thread that opened it.
+
+Labels carry only fixed vocabularies, sink names (identifiers the operator chose) and
+Voucherify action types (clipped, and capped in number): never a URL, token or secret.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+import time
+from collections import Counter
+from typing import TYPE_CHECKING
+
+import prometheus_client
+from prometheus_client import CollectorRegistry, Gauge, GCCollector, Histogram, Info, PlatformCollector, ProcessCollector
+from prometheus_client import Counter as PromCounter
+from prometheus_client.core import GaugeMetricFamily, Metric
+from prometheus_client.exposition import generate_latest
+
+from daemon import __version__
+from daemon.errors import AuthError, BudgetExhaustedError, RateLimitedError, StoreError, VoucherifyError
+
+if TYPE_CHECKING:
+    from collections.abc import Callable, Iterable, Iterator
+
+    from daemon.poller import PollReport
+    from daemon.store import OutboxStats
+
+PREFIX = "voucherify_relay"
+CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"  # what generate_latest() writes
+POLL_FAILURE_REASONS = ("auth", "rate_limited", "budget", "api_error", "store_error", "crashed")
+POLL_OUTCOMES = ("success", *POLL_FAILURE_REASONS)
+DELIVERY_RESULTS = ("delivered", "retry", "gone", "rejected", "expired", "unconfigured")
+POLL_BUCKETS_S = (0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0)
+MAX_ACTION_TYPES = 64  # 22 documented types plus room for new ones; past this, "OTHER"
+_LABEL_UNSAFE = re.compile(r"[^A-Za-z0-9_.:-]")
+_LABEL_MAX_CHARS = 64
+
+
+def failure_reason(exc: BaseException) -> str:
+    """Map what a poll cycle raised to its ``polls_total`` outcome."""
+    for kind, reason in (
+        (AuthError, "auth"),
+        (RateLimitedError, "rate_limited"),
+        (BudgetExhaustedError, "budget"),
+        (VoucherifyError, "api_error"),
+        (StoreError, "store_error"),
+    ):
+        if isinstance(exc, kind):
+            return reason
+    return "crashed"
+
+
+def clip_label(value: str | None, *, default: str = "none") -> str:
+    """Return ``value`` reduced to a safe label: ``[A-Za-z0-9_.:-]``, at most 64 characters."""
+    if not value:
+        return default
+    return _LABEL_UNSAFE.sub("_", value)[:_LABEL_MAX_CHARS]
+
+
+class RelayMetrics:
+    """Every metric the relay exports, in a registry of its own."""
+
+    def __init__(self, *, version: str = __version__, clock: Callable[[], float] = time.time) -> None:
+        # _created series double the series count and nothing alerts on them; the switch is
+        # process-wide in prometheus-client, and this process exports only these metrics.
+        prometheus_client.disable_created_metrics()  # type: ignore[no-untyped-call]  # untyped upstream
+        self.registry = CollectorRegistry()
+        self._clock = clock
+        self._api_seen: Counter[tuple[str, str]] = Counter()
+        self._action_types: set[str] = set()
+        reg = self.registry
+        ProcessCollector(registry=reg)  # process_* (CPU, memory, fds); needs /proc/stat, so no ProcSubset=pid
+        PlatformCollector(registry=reg)
+        GCCollector(registry=reg)
+        Info(PREFIX, "The running relay's version.", registry=reg).info({"version": version})
+        self.polls = PromCounter(f"{PREFIX}_polls", "Poll cycles by outcome.", ["outcome"], registry=reg)
+        self.poll_duration = Histogram(f"{PREFIX}_poll_duration_seconds", "Time one poll cycle took.", buckets=POLL_BUCKETS_S, registry=reg)
+        self.api_requests = PromCounter(
+            f"{PREFIX}_api_requests", "Requests sent to Voucherify by endpoint and status (or error kind).", ["endpoint", "status"], registry=reg
+        )
+        self.rate_limit_remaining = Gauge(f"{PREFIX}_api_rate_limit_remaining", "Voucherify's last X-Rate-Limit-Remaining (NaN until seen).", registry=reg)
+        self.transitions = PromCounter(f"{PREFIX}_transitions", "Action state changes detected.", registry=reg)
+        self.events = PromCounter(
+            f"{PREFIX}_events", "Events made, by event type, outcome and action type.", ["event_type", "outcome", "action_type"], registry=reg
+        )
+        self.in_flight = Gauge(f"{PREFIX}_actions_in_flight", "Actions seen in progress in the last successful poll.", registry=reg)
+        self.deliveries = PromCounter(f"{PREFIX}_deliveries", "Delivery attempts by sink and result.", ["sink", "result"], registry=reg)
+        self.last_success = Gauge(
+            f"{PREFIX}_last_successful_poll_timestamp_seconds", "Unix time of the last successful poll (0 until one succeeds).", registry=reg
+        )
+        self.rate_limit_remaining.set(math.nan)
+        for outcome in POLL_OUTCOMES:
+            self.polls.labels(outcome=outcome)
+
+    def observe_poll(self, report: PollReport, *, duration_s: float) -> None:
+        """Count a successful cycle: its duration, transitions and in-flight actions."""
+        self.polls.labels(outcome="success").inc()
+        self.poll_duration.observe(duration_s)
+        self.transitions.inc(report.transitions)
+        self.in_flight.set(report.in_flight)
+        self.last_success.set(self._clock())
+
+    def poll_failed(self, reason: str, *, duration_s: float | None = None) -> None:
+        """Count a failed cycle; ``reason`` is one of POLL_FAILURE_REASONS (see ``failure_reason``)."""
+        if reason not in POLL_FAILURE_REASONS:
+            msg = f"unknown poll failure reason {reason!r}; use one of {', '.join(POLL_FAILURE_REASONS)}"
+            raise ValueError(msg)
+        self.polls.labels(outcome=reason).inc()
+        if duration_s is not None:
+            self.poll_duration.observe(duration_s)
+
+    def observe_api_calls(self, calls: Counter[tuple[str, str]]) -> None:
+        """Add what the client's cumulative ``calls`` counter gained since the last look."""
+        for (endpoint, status), total in calls.items():
+            seen = self._api_seen[(endpoint, status)]
+            gained = total - seen if total >= seen else total  # a smaller total: a new client started from zero
+            if gained:
+                self.api_requests.labels(endpoint=clip_label(endpoint), status=clip_label(status)).inc(gained)
+            self._api_seen[(endpoint, status)] = total
+
+    def set_rate_limit_remaining(self, remaining: int | None) -> None:
+        """Record Voucherify's last X-Rate-Limit-Remaining; None means not seen (NaN)."""
+        self.rate_limit_remaining.set(math.nan if remaining is None else remaining)
+
+    def observe_event(self, event_type: str, *, outcome: str | None, action_type: str | None) -> None:
+        """Count one event made by a poll cycle."""
+        self.events.labels(event_type=clip_label(event_type), outcome=clip_label(outcome), action_type=self._action_type(action_type)).inc()
+
+    def declare_sinks(self, names: Iterable[str]) -> None:
+        """Create every (sink, result) series at zero, so rates and alerts see them before the first delivery."""
+        for name in names:
+            for result in DELIVERY_RESULTS:
+                self.deliveries.labels(sink=clip_label(name), result=result)
+
+    def delivery_result(self, sink: str, outcome: str) -> None:
+        """Count one delivery attempt's result (the Dispatcher's ``on_result`` callback)."""
+        self.deliveries.labels(sink=clip_label(sink), result=clip_label(outcome)).inc()
+
+    def watch(self, *, outbox_stats: Callable[[], OutboxStats], ready: Callable[[], tuple[bool, str]] | None = None) -> None:
+        """Read outbox depth (and readiness) through these callables at every scrape."""
+        self.registry.register(_StateCollector(outbox_stats, ready, self._clock))
+
+    def render(self) -> bytes:
+        """Return the Prometheus text exposition of every metric (``CONTENT_TYPE``)."""
+        return generate_latest(self.registry)
+
+    def _action_type(self, action_type: str | None) -> str:
+        label = clip_label(action_type, default="UNKNOWN")
+        if label not in self._action_types:
+            if len(self._action_types) >= MAX_ACTION_TYPES:
+                return "OTHER"
+            self._action_types.add(label)
+        return label
+
+
+class _StateCollector:
+    """Gauges computed at scrape time from the store and the health source."""
+
+    def __init__(self, outbox_stats: Callable[[], OutboxStats], ready: Callable[[], tuple[bool, str]] | None, clock: Callable[[], float]) -> None:
+        self._outbox_stats = outbox_stats
+        self._ready = ready
+        self._clock = clock
+
+    def describe(self) -> list[Metric]:
+        """Name the families up front, so a scrape never has to open the store to register."""
+        names = ["outbox_pending_deliveries", "dead_letters", "oldest_pending_delivery_age_seconds"] + (["ready"] if self._ready else [])
+        return [GaugeMetricFamily(f"{PREFIX}_{name}", "") for name in names]
+
+    def collect(self) -> Iterator[Metric]:
+        """Yield outbox depth and readiness; a store that cannot answer yields no outbox figures."""
+        if self._ready is not None:
+            ok, _ = self._ready()
+            yield GaugeMetricFamily(f"{PREFIX}_ready", "1 when /readyz answers 200.", value=1.0 if ok else 0.0)
+        try:
+            stats = self._outbox_stats()
+        except Exception:  # noqa: BLE001 - a scrape must not fail because the store is closing; absent() alerts catch it
+            return
+        oldest = stats.oldest_pending_created_at
+        age_s = max(0.0, self._clock() - oldest) if oldest is not None else 0.0
+        yield GaugeMetricFamily(f"{PREFIX}_outbox_pending_deliveries", "Deliveries waiting to be sent (due or backing off).", value=stats.pending)
+        yield GaugeMetricFamily(f"{PREFIX}_dead_letters", "Deliveries on the dead-letter list.", value=stats.dead)
+        yield GaugeMetricFamily(f"{PREFIX}_oldest_pending_delivery_age_seconds", "Age of the oldest pending delivery (0 when none).", value=age_s)

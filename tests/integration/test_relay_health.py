@@ -1,0 +1,48 @@
+"""The relay's own health and metrics endpoints, on a real port."""
+
+from __future__ import annotations
+
+import aiohttp
+from prometheus_client.parser import text_string_to_metric_families
+
+from tests.conftest import APP_TOKEN, WEBHOOK_SECRET, until
+from tests.integration.test_relay import baseline, running
+
+
+async def get(port: int, path: str) -> tuple[int, str]:
+    """GET a path on the relay's listener."""
+    async with aiohttp.ClientSession() as session, session.get(f"http://127.0.0.1:{port}{path}") as response:
+        return response.status, await response.text()
+
+
+async def test_ready_after_a_poll_and_metrics_count_the_work(standin, receiver, make_settings):
+    """/readyz turns 200 after a successful poll; /metrics counts polls, API calls, events and deliveries."""
+    action_id = standin.add_action("CUSTOMERS.IMPORT_CSV")
+    async with running(make_settings(http_listen="127.0.0.1:0")) as relay:
+        assert relay.http_port
+        await baseline(relay)
+        assert (await get(relay.http_port, "/healthz"))[0] == 200
+        assert (await get(relay.http_port, "/readyz"))[0] == 200
+        standin.complete_action(action_id, example="PRODUCTS.IMPORT_CSV")
+        await until(lambda: len(receiver.delivered) == 1)
+        await until(lambda: relay.metrics.render().count(b'result="delivered"') > 0)
+        status, text = await get(relay.http_port, "/metrics")
+    assert status == 200
+    samples = {(s.name, tuple(sorted(s.labels.items()))): s.value for f in text_string_to_metric_families(text) for s in f.samples}
+    event_labels = (("action_type", "CUSTOMERS.IMPORT_CSV"), ("event_type", "async_action.completed"), ("outcome", "partial"))
+    assert samples[("voucherify_relay_events_total", event_labels)] == 1
+    assert samples[("voucherify_relay_deliveries_total", (("result", "delivered"), ("sink", "webhook")))] == 1
+    assert samples[("voucherify_relay_api_requests_total", (("endpoint", "get"), ("status", "200")))] == 1
+    assert sum(v for (name, labels), v in samples.items() if name == "voucherify_relay_polls_total" and ("outcome", "success") in labels) >= 2
+    for secret in (APP_TOKEN, WEBHOOK_SECRET, receiver.url):
+        assert secret not in text
+
+
+async def test_not_ready_when_credentials_are_refused(standin, receiver, make_settings):
+    """A 401 makes /readyz answer 503 naming the cause, while /healthz stays 200."""
+    standin.inject("401", path="list", times=5)
+    async with running(make_settings(http_listen="127.0.0.1:0")) as relay:
+        await until(lambda: relay._auth_failures >= 1)
+        status, body = await get(relay.http_port, "/readyz")
+        assert (status, "credentials" in body) == (503, True)
+        assert (await get(relay.http_port, "/healthz"))[0] == 200
