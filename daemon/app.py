@@ -157,7 +157,8 @@ class Relay:
         address = parse_listen(self.settings.http_listen)
         if address is None:
             return
-        self._health = HealthServer(self, self.metrics)
+        token = self.settings.watch_token.get_secret_value() if self.settings.watch_token else None
+        self._health = HealthServer(self, self.metrics, watch=self.watch, watch_token=token)
         try:
             self.http_port = await self._health.start(*address)
         except OSError as exc:
@@ -239,7 +240,7 @@ class Relay:
         now = time.time()
         if report.in_flight or report.transitions:
             self._last_activity_at = now
-        busy = now - self._last_activity_at < self.cadence.idle_s
+        busy = now - self._last_activity_at < self.cadence.cooldown_s
         decision = next_poll(self.cadence, busy=busy, remaining=self.client.rate_limit_remaining, limit=self.client.rate_limit_limit)
         if decision.reason != self._pace_reason:
             self._log_pace(decision.reason, decision.interval_s)
@@ -259,6 +260,11 @@ class Relay:
             log.warning("poll.rate_limit_low", interval_s=interval_s, remaining=client.rate_limit_remaining, limit=client.rate_limit_limit, hint=hint)
         else:
             log.info("poll.pace", mode=reason, interval_s=interval_s)
+
+    def watch(self, action_id: str) -> None:
+        """Your application just started ``action_id``: poll now and stay fast while it runs."""
+        log.info("watch.requested", action_id=action_id)
+        self.wake_poll()
 
     def wake_poll(self) -> None:
         """Poll now and stay fast for a while (new activity is expected)."""

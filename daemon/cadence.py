@@ -1,7 +1,7 @@
 """PURE: how long to wait before the next poll, and what a configuration costs.
 
-Fast (RELAY_POLL_INTERVAL) while anything is in flight or changed recently; slow
-(RELAY_IDLE_POLL_INTERVAL) otherwise. Two floors apply on top: the request budget
+Fast (RELAY_POLL_INTERVAL) while anything is in flight or changed within the last
+``cooldown_s`` (a minute, or two fast intervals); slow (RELAY_IDLE_POLL_INTERVAL) otherwise. Two floors apply on top: the request budget
 (polls spread evenly so that list calls use at most ``LIST_SHARE`` of
 RELAY_API_BUDGET_PER_HOUR, leaving the rest for GETs of finished actions), and the
 project's own rate limit (when ``X-Rate-Limit-Remaining`` falls under ``LOW_REMAINING``
@@ -14,6 +14,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 LIST_SHARE = 0.8
+MIN_COOLDOWN_S = 60.0
 LOW_REMAINING = 0.1
 HOURS_PER_MONTH = 730.0
 PLANS = (("Sandbox", 100, None, None), ("Business", None, 100, 100_000), ("Organization", None, 2000, 300_000))
@@ -26,6 +27,11 @@ class Cadence:
     fast_s: float
     idle_s: float
     budget_per_hour: int | None = None
+
+    @property
+    def cooldown_s(self) -> float:
+        """Return how long the fast pace outlasts the last activity (a follow-up import is common)."""
+        return min(self.idle_s, max(2 * self.fast_s, MIN_COOLDOWN_S))
 
     @property
     def budget_floor_s(self) -> float:

@@ -9,6 +9,7 @@
 
 from __future__ import annotations
 
+import hmac
 import ipaddress
 import re
 from typing import TYPE_CHECKING, Protocol
@@ -28,6 +29,7 @@ STALE_AFTER_POLLS = 3
 MIN_STALE_AFTER_S = 120.0  # one request may retry for 60 s (RetryPolicy.max_total_s): one slow cycle is not an outage
 MAX_TICK_SILENCE_S = 30.0
 MAX_POLL_S = 900.0
+_ACTION_ID = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
 _HOSTNAME = re.compile(r"^[A-Za-z0-9]([A-Za-z0-9.-]{0,251}[A-Za-z0-9])?$")
 _LISTEN_HELP = "must be HOST:PORT (127.0.0.1:9464, 0.0.0.0:9464, [::1]:9464, or :9464 for every interface) or 'off'"
 
@@ -120,9 +122,18 @@ def _is_ipv6(text: str) -> bool:
 class HealthServer:
     """An aiohttp listener for the health checks and the metrics."""
 
-    def __init__(self, source: HealthSource, metrics: RelayMetrics | None = None) -> None:
+    def __init__(
+        self,
+        source: HealthSource,
+        metrics: RelayMetrics | None = None,
+        *,
+        watch: Callable[[str], None] | None = None,
+        watch_token: str | None = None,
+    ) -> None:
         self._source = source
         self._metrics = metrics
+        self._watch = watch if watch_token else None
+        self._watch_token = watch_token or ""
         self._runner: web.AppRunner | None = None
 
     async def start(self, host: str, port: int) -> int:
@@ -132,6 +143,8 @@ class HealthServer:
         app.router.add_get("/readyz", self._readyz)
         if self._metrics is not None:
             app.router.add_get("/metrics", self._render_metrics)
+        if self._watch is not None:
+            app.router.add_post("/watch", self._watch_action)
         self._runner = web.AppRunner(app, access_log=None, shutdown_timeout=1.0)
         await self._runner.setup()
         await web.TCPSite(self._runner, host or None, port).start()
@@ -154,6 +167,23 @@ class HealthServer:
     async def _render_metrics(self, _request: web.Request) -> web.Response:
         assert self._metrics is not None  # noqa: S101 - the route exists only with metrics
         return web.Response(body=self._metrics.render(), headers={"Content-Type": CONTENT_TYPE, "Cache-Control": "no-store"})
+
+
+    async def _watch_action(self, request: web.Request) -> web.Response:
+        """``POST /watch {"action_id": "aa_..."}`` with ``Authorization: Bearer <RELAY_WATCH_TOKEN>``."""
+        assert self._watch is not None  # noqa: S101 - the route exists only with a watcher
+        offered = request.headers.get("Authorization", "").removeprefix("Bearer ").strip()
+        if not hmac.compare_digest(offered.encode(), self._watch_token.encode()):
+            return web.json_response({"status": "unauthorized", "detail": "send Authorization: Bearer <RELAY_WATCH_TOKEN>"}, status=401)
+        try:
+            body = await request.json()
+        except ValueError:
+            body = None
+        action_id = body.get("action_id") if isinstance(body, dict) else None
+        if not isinstance(action_id, str) or not _ACTION_ID.match(action_id):
+            return web.json_response({"status": "invalid", "detail": 'send {"action_id": "aa_..."}'}, status=400)
+        self._watch(action_id)
+        return web.json_response({"status": "watching", "detail": action_id}, status=202)
 
 
 def _verdict(check: Callable[[], tuple[bool, str]]) -> web.Response:

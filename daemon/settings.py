@@ -181,6 +181,7 @@ class RelaySettings(BaseSettings):
     delivery_max_age: Duration = timedelta(hours=24)
     retention: Duration = Field(default=timedelta(days=7), ge=timedelta(hours=1))
     http_listen: str = "127.0.0.1:9464"
+    watch_token: SecretStr | None = None
     log_format: Literal["json", "console", "auto"] = "auto"
     log_level: Literal["debug", "info", "warning", "error"] = "info"
 
@@ -266,7 +267,7 @@ class RelaySettings(BaseSettings):
 
     def secret_values(self) -> list[str]:
         """Return every secret string, for the log redactor."""
-        values = [self.voucherify_app_token, self.webhook_secret]
+        values = [self.voucherify_app_token, self.webhook_secret, self.watch_token]
         for sink in self.all_sinks().values():
             values.append(sink.secret)
             # a webhook URL is logged as display_url(); it is a secret only where that hides something
@@ -334,6 +335,8 @@ def _check_requirements(settings: RelaySettings, *, require_api: bool, require_s
     for shortcut, name in (("WEBHOOK_URL", "webhook"), ("SLACK_WEBHOOK_URL", "slack")):
         if getattr(settings, shortcut.lower()) is not None and name in settings.sinks:
             raise ConfigError(f"{PREFIX}{shortcut}", f"a named sink {name!r} (RELAY_SINKS__{name.upper()}__*) is defined too: rename one")
+    if settings.watch_token is not None and len(settings.watch_token.get_secret_value()) < 16:  # noqa: PLR2004
+        raise ConfigError(f"{PREFIX}WATCH_TOKEN", "must be at least 16 characters (e.g. `openssl rand -hex 24`)")
     if settings.webhook_secret is not None and settings.webhook_url is None:
         raise ConfigError(f"{PREFIX}WEBHOOK_SECRET", "is set but RELAY_WEBHOOK_URL is not")
     if require_sink and not settings.all_sinks():

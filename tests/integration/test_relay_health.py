@@ -46,3 +46,26 @@ async def test_not_ready_when_credentials_are_refused(standin, receiver, make_se
         status, body = await get(relay.http_port, "/readyz")
         assert (status, "credentials" in body) == (503, True)
         assert (await get(relay.http_port, "/healthz"))[0] == 200
+
+
+WATCH_TOKEN = "watch-token-0123456789abcdef"
+
+
+async def test_watch_endpoint_wakes_an_idle_relay(standin, receiver, make_settings):
+    """POST /watch with the token makes an idle relay poll at once; without the token it is refused."""
+    settings = make_settings(http_listen="127.0.0.1:0", idle_poll_interval="600", watch_token=WATCH_TOKEN)
+    async with running(settings) as relay:
+        await baseline(relay)
+        action_id = standin.add_action(status="ENQUEUED")
+        standin.complete_action(action_id, example="SKUS.IMPORT_CSV")
+        url = f"http://127.0.0.1:{relay.http_port}/watch"
+        async with aiohttp.ClientSession() as session:
+            async with session.post(url, json={"action_id": action_id}) as refused:
+                assert refused.status == 401
+            assert receiver.delivered == [], "idle: the next poll is ten minutes away"
+            headers = {"Authorization": f"Bearer {WATCH_TOKEN}"}
+            async with session.post(url, json={"action_id": action_id}, headers=headers) as accepted:
+                assert accepted.status == 202
+            async with session.post(url, json={"action_id": "../etc"}, headers=headers) as invalid:
+                assert invalid.status == 400
+        await until(lambda: len(receiver.delivered) == 1, timeout_s=3)
