@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import sys
 import time
 from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
@@ -17,6 +16,7 @@ from tests.fakes.slack import HOOK_PATH as FAKE_SLACK_HOOK_PATH
 
 APP_TOKEN = "tok_live_s3cr3t_0123456789abcdef"
 WEBHOOK_SECRET = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw"
+WATCH_TOKEN = "watch-token-0123456789abcdef"
 SLACK_URL = "https://hooks.slack.com/services/T000/B000/XXXXXXXXXXXXXXXXXXXXXXXX"  # a placeholder, not a real hook
 
 
@@ -52,6 +52,7 @@ def relay_env(tmp_path: Path, standin: VoucherifyStandIn, receiver: RecordingRec
         "RELAY_WEBHOOK_SECRET": WEBHOOK_SECRET,
         "RELAY_DELIVERY_RETRY_MAX_DELAY": "0.2",
         "RELAY_LOG_FORMAT": "json",
+        "RELAY_HTTP_LISTEN": "off",
     }
     env.update({f"RELAY_{k.upper()}": v for k, v in overrides.items()})
     return env
@@ -83,6 +84,7 @@ KNOWN_SECRETS = {
     "webhook secret": WEBHOOK_SECRET,
     "webhook secret key": WEBHOOK_SECRET.removeprefix("whsec_"),
     "Slack URL": SLACK_URL,
+    "watch token": WATCH_TOKEN,
     "Slack URL token": SLACK_URL.rsplit("/", 1)[-1],
     "FakeSlack hook token": FAKE_SLACK_HOOK_PATH.rsplit("/", 1)[-1],
 }
@@ -106,9 +108,7 @@ def no_secret_in_output(request: pytest.FixtureRequest, caplog: pytest.LogCaptur
     capture = request.getfixturevalue(uses_sys.pop() if uses_sys else "capfd")
     _watched.clear()
     yield
-    out, err = capture.readouterr()
-    sys.stdout.write(out if isinstance(out, str) else out.decode(errors="replace"))  # give it back to pytest's report
-    sys.stderr.write(err if isinstance(err, str) else err.decode(errors="replace"))
+    out, err = capture.readouterr()  # pytest has already put the call's output in its report
     records = [caplog.handler.format(r) for phase in ("setup", "call") for r in caplog.get_records(phase)]  # type: ignore[arg-type]
     sources = {"stdout": str(out), "stderr": str(err), "log records": "\n".join(records)}
     sources |= {f"watched output {n}": source() for n, source in enumerate(_watched)}

@@ -13,27 +13,16 @@ from tests.conftest import APP_TOKEN, WEBHOOK_SECRET, relay_env
 BASE = {"RELAY_VOUCHERIFY_APP_ID": "app", "RELAY_VOUCHERIFY_APP_TOKEN": APP_TOKEN, "RELAY_WEBHOOK_URL": "https://hooks.example.com/in"}
 
 
+# The exhaustive table of bad environments is tests/unit/test_settings.py (in-process, every
+# setting); these few prove the exit-78 path end to end: required, malformed, nested, _FILE, secret.
 @pytest.mark.parametrize(
     ("env", "variable"),
     [
         ({"RELAY_VOUCHERIFY_APP_ID": ""}, "RELAY_VOUCHERIFY_APP_ID"),
-        ({"RELAY_VOUCHERIFY_APP_TOKEN": ""}, "RELAY_VOUCHERIFY_APP_TOKEN"),
-        ({"RELAY_WEBHOOK_URL": ""}, "RELAY_WEBHOOK_URL"),
-        ({"RELAY_WEBHOOK_URL": "ftp://x"}, "RELAY_WEBHOOK_URL"),
         ({"RELAY_POLL_INTERVAL": "soon"}, "RELAY_POLL_INTERVAL"),
-        ({"RELAY_POLL_INTERVAL": "0"}, "RELAY_POLL_INTERVAL"),
-        ({"RELAY_BACKFILL": "yesterday"}, "RELAY_BACKFILL"),
         ({"RELAY_WEBHOOK_SECRET": "not-a-secret"}, "RELAY_WEBHOOK_SECRET"),
-        ({"RELAY_STATE_URL": "postgres://db/relay"}, "RELAY_STATE_URL"),
-        ({"RELAY_VOUCHERIFY_API_URL": "api.voucherify.io"}, "RELAY_VOUCHERIFY_API_URL"),
-        ({"RELAY_API_BUDGET_PER_HOUR": "1"}, "RELAY_API_BUDGET_PER_HOUR"),
-        ({"RELAY_LOG_FORMAT": "xml"}, "RELAY_LOG_FORMAT"),
-        ({"RELAY_SINKS__OPS__KIND": "pager"}, "RELAY_SINKS__OPS__KIND"),
         ({"RELAY_SINKS__OPS__KIND": "webhook"}, "RELAY_SINKS__OPS__URL"),
         ({"RELAY_VOUCHERIFY_APP_TOKEN_FILE": "/nonexistent/token"}, "RELAY_VOUCHERIFY_APP_TOKEN_FILE"),
-        ({"RELAY_SINKS__OPS__KIND": "slack", "RELAY_SINKS__OPS__URL": "https://x.test/y", "RELAY_SINKS__OPS__OUTCOMES": "maybe"}, "RELAY_SINKS__OPS__OUTCOMES"),
-        ({"RELAY_SINKS__OPS__KIND": "slack", "RELAY_SINKS__OPS__URL": "https://x.test/y", "RELAY_SINKS__OPS__TYPES": "VOUCHERS/*"}, "RELAY_SINKS__OPS__TYPES"),
-        ({"RELAY_STUCK_AFTER": "a while"}, "RELAY_STUCK_AFTER"),
     ],
 )
 async def test_bad_configuration_exits_78_naming_the_variable(run_cli, env, variable):

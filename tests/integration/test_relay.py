@@ -11,7 +11,7 @@ from datetime import UTC, datetime, timedelta
 from daemon.app import Relay
 from daemon.settings import RelaySettings
 from daemon.voucherify import RetryPolicy
-from tests.conftest import WEBHOOK_SECRET, until
+from tests.conftest import WEBHOOK_SECRET, until, watch_output
 from tests.fakes.receiver import verify_signature
 
 FAST = RetryPolicy(max_attempts=3, backoff_max_s=0.05, backoff_multiplier_s=0.01)
@@ -22,6 +22,7 @@ async def running(settings: RelaySettings) -> AsyncIterator[Relay]:
     """Run a relay for the body of the block."""
     relay = Relay(settings, retry=FAST)
     await relay.start()
+    watch_output(lambda: relay.metrics.render().decode())
     try:
         yield relay
     finally:

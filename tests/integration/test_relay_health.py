@@ -5,7 +5,7 @@ from __future__ import annotations
 import aiohttp
 from prometheus_client.parser import text_string_to_metric_families
 
-from tests.conftest import APP_TOKEN, WEBHOOK_SECRET, until
+from tests.conftest import APP_TOKEN, WATCH_TOKEN, WEBHOOK_SECRET, until
 from tests.integration.test_relay import baseline, running
 
 
@@ -46,9 +46,6 @@ async def test_not_ready_when_credentials_are_refused(standin, receiver, make_se
         status, body = await get(relay.http_port, "/readyz")
         assert (status, "credentials" in body) == (503, True)
         assert (await get(relay.http_port, "/healthz"))[0] == 200
-
-
-WATCH_TOKEN = "watch-token-0123456789abcdef"
 
 
 async def test_watch_endpoint_wakes_an_idle_relay(standin, receiver, make_settings):

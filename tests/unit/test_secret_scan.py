@@ -10,7 +10,7 @@ from pathlib import Path
 from tests.conftest import APP_TOKEN, KNOWN_SECRETS, SLACK_URL, WEBHOOK_SECRET, find_secrets
 
 ROOT = Path(__file__).resolve().parents[2]
-LEAKY_TESTS = '''
+LEAKY_TESTS = """
 import logging
 import sys
 
@@ -35,7 +35,7 @@ def test_subprocess_output_leaks():
 
 def test_clean():
     print("nothing to see")
-'''
+"""
 
 
 def test_find_secrets_names_each_known_secret():
@@ -51,9 +51,15 @@ def test_the_autouse_scan_fails_leaking_tests(tmp_path):
     """A test that prints, writes, logs or collects a secret from a child process fails; a clean one passes."""
     (tmp_path / "test_leaky.py").write_text(LEAKY_TESTS)
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    isolated = ["-p", "no:cacheprovider", "-c", os.devnull, "-o", "asyncio_default_fixture_loop_scope=function", "--rootdir", str(tmp_path)]
     proc = subprocess.run(  # noqa: S603 - our own interpreter on our own file
-        [sys.executable, "-m", "pytest", "-p", "no:cacheprovider", "-p", "tests.conftest", "-c", os.devnull, "-o", "asyncio_default_fixture_loop_scope=function", "--rootdir", str(tmp_path), "-q", "-rE", str(tmp_path)],
-        capture_output=True, text=True, env=env, cwd=tmp_path, timeout=60, check=False,
+        [sys.executable, "-m", "pytest", *isolated, "-p", "tests.conftest", "-q", "-rE", str(tmp_path)],
+        capture_output=True,
+        text=True,
+        env=env,
+        cwd=tmp_path,
+        timeout=60,
+        check=False,
     )
     report = proc.stdout + proc.stderr
     assert proc.returncode == 1, report

@@ -1,0 +1,219 @@
+"""Bad configuration: every variable, missing, malformed, out of range or contradictory, is refused by name.
+
+The table runs against ``load_settings(environ)`` in-process (the CLI turns the same
+ConfigError into exit 78; tests/e2e/test_cli.py proves that path with a handful of
+subprocess cases). ``test_every_setting_has_a_bad_case`` derives the field list from
+the models, so a new setting without a row here fails the suite.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+from daemon.errors import ConfigError
+from daemon.settings import RelaySettings, SinkSettings, load_settings
+from tests.conftest import APP_TOKEN, SLACK_URL, WEBHOOK_SECRET
+
+ABSENT = None  # an override of None removes the variable
+SINK = {"RELAY_SINKS__OPS__KIND": "webhook", "RELAY_SINKS__OPS__URL": "https://ops.example.com/in"}
+MISSING_FILE = "/nonexistent/voucherify-relay/secret"
+DIRECTORY = "/"  # a path that exists but cannot be read as a file (the suite may run as root)
+
+
+def base_env(tmp_path: Path) -> dict[str, str]:
+    """Return a complete, valid environment: the table changes one thing at a time."""
+    return {
+        "RELAY_ENV_FILE": str(tmp_path / "absent.env"),
+        "RELAY_VOUCHERIFY_APP_ID": "app-123",
+        "RELAY_VOUCHERIFY_APP_TOKEN": APP_TOKEN,
+        "RELAY_WEBHOOK_URL": "https://hooks.example.com/in",
+        "RELAY_WEBHOOK_SECRET": WEBHOOK_SECRET,
+    }
+
+
+@dataclass(frozen=True)
+class Bad:
+    """One bad environment: the setting it targets, what changes, the variable the error must name."""
+
+    field: str  # a RelaySettings field, or "sinks.<SinkSettings field>"
+    overrides: dict[str, str | None]
+    variable: str
+    defect: str | None = None  # a known defect: the case is xfail(strict) with this reason
+
+    @property
+    def id(self) -> str:
+        """Name the case after what it sets."""
+        return "+".join(f"{k.removeprefix('RELAY_')}={v!r}" if v is not None else f"no {k.removeprefix('RELAY_')}" for k, v in self.overrides.items())
+
+
+def bad(field: str, variable: str, defect: str | None = None, /, **overrides: str | None) -> Bad:
+    """Build a case; keyword names are variables without the RELAY_ prefix."""
+    return Bad(field, {f"RELAY_{k}": v for k, v in overrides.items()}, variable, defect)
+
+
+def sink(field: str, variable: str, defect: str | None = None, /, **overrides: str | None) -> Bad:
+    """Build a case on the named sink ``ops`` (a valid webhook sink unless overridden)."""
+    case = bad(f"sinks.{field}", variable, defect, **overrides)
+    return Bad(case.field, {**SINK, **case.overrides}, variable, defect)
+
+
+CASES = [
+    # voucherify
+    bad("voucherify_api_url", "RELAY_VOUCHERIFY_API_URL", VOUCHERIFY_API_URL="api.voucherify.io"),
+    bad("voucherify_api_url", "RELAY_VOUCHERIFY_API_URL", VOUCHERIFY_API_URL="ftp://api.voucherify.io"),
+    bad("voucherify_api_url", "RELAY_VOUCHERIFY_API_URL", VOUCHERIFY_API_URL="https://"),
+    bad("voucherify_app_id", "RELAY_VOUCHERIFY_APP_ID", VOUCHERIFY_APP_ID=ABSENT),
+    bad("voucherify_app_id", "RELAY_VOUCHERIFY_APP_ID", VOUCHERIFY_APP_ID=""),
+    bad("voucherify_app_id", "RELAY_VOUCHERIFY_APP_ID", VOUCHERIFY_APP_ID="   "),
+    bad("voucherify_app_token", "RELAY_VOUCHERIFY_APP_TOKEN", VOUCHERIFY_APP_TOKEN=ABSENT),
+    bad("voucherify_app_token", "RELAY_VOUCHERIFY_APP_TOKEN", VOUCHERIFY_APP_TOKEN=""),
+    bad("voucherify_app_token", "RELAY_VOUCHERIFY_APP_TOKEN", VOUCHERIFY_APP_TOKEN="  "),
+    bad("voucherify_app_token", "RELAY_VOUCHERIFY_APP_TOKEN_FILE", VOUCHERIFY_APP_TOKEN=ABSENT, VOUCHERIFY_APP_TOKEN_FILE=MISSING_FILE),
+    bad("voucherify_app_token", "RELAY_VOUCHERIFY_APP_TOKEN_FILE", VOUCHERIFY_APP_TOKEN=ABSENT, VOUCHERIFY_APP_TOKEN_FILE=DIRECTORY),
+    bad("voucherify_app_token", "RELAY_VOUCHERIFY_APP_TOKEN_FILE", VOUCHERIFY_APP_TOKEN_FILE=MISSING_FILE),  # both set
+    # polling
+    bad("poll_interval", "RELAY_POLL_INTERVAL", POLL_INTERVAL="soon"),
+    bad("poll_interval", "RELAY_POLL_INTERVAL", POLL_INTERVAL="30s"),
+    bad("poll_interval", "RELAY_POLL_INTERVAL", POLL_INTERVAL="0"),
+    bad("poll_interval", "RELAY_POLL_INTERVAL", POLL_INTERVAL="-5"),
+    bad("poll_interval", "RELAY_POLL_INTERVAL", POLL_INTERVAL="86401"),
+    bad("poll_interval", "RELAY_POLL_INTERVAL", POLL_INTERVAL="nan"),
+    bad("poll_interval", "RELAY_POLL_INTERVAL", POLL_INTERVAL="inf"),
+    bad("idle_poll_interval", "RELAY_IDLE_POLL_INTERVAL", IDLE_POLL_INTERVAL="slow"),
+    bad("idle_poll_interval", "RELAY_IDLE_POLL_INTERVAL", IDLE_POLL_INTERVAL="0"),
+    bad("idle_poll_interval", "RELAY_IDLE_POLL_INTERVAL", POLL_INTERVAL="60", IDLE_POLL_INTERVAL="30"),  # faster than the fast pace
+    bad("state_url", "RELAY_STATE_URL", STATE_URL="postgres://db/relay"),
+    bad("state_url", "RELAY_STATE_URL", STATE_URL="sqlite:///"),
+    bad("state_url", "RELAY_STATE_URL", STATE_URL="./relay.db"),
+    bad("backfill", "RELAY_BACKFILL", BACKFILL="yesterday"),
+    bad("backfill", "RELAY_BACKFILL", BACKFILL="-1h"),
+    bad("backfill", "RELAY_BACKFILL", BACKFILL="2 fortnights"),
+    bad("backfill", "RELAY_BACKFILL", BACKFILL="99999999999d"),
+    bad("stuck_after", "RELAY_STUCK_AFTER", STUCK_AFTER="a while"),
+    bad("stuck_after", "RELAY_STUCK_AFTER", STUCK_AFTER="-10m"),
+    bad("api_budget_per_hour", "RELAY_API_BUDGET_PER_HOUR", API_BUDGET_PER_HOUR="many"),
+    bad("api_budget_per_hour", "RELAY_API_BUDGET_PER_HOUR", API_BUDGET_PER_HOUR="1"),
+    bad("api_budget_per_hour", "RELAY_API_BUDGET_PER_HOUR", API_BUDGET_PER_HOUR="-100"),
+    bad("api_budget_per_hour", "RELAY_API_BUDGET_PER_HOUR", API_BUDGET_PER_HOUR="1.5"),
+    bad("api_timeout_s", "RELAY_API_TIMEOUT_S", API_TIMEOUT_S="fast"),
+    bad("api_timeout_s", "RELAY_API_TIMEOUT_S", API_TIMEOUT_S="0"),
+    bad("api_timeout_s", "RELAY_API_TIMEOUT_S", API_TIMEOUT_S="121"),
+    bad("api_timeout_s", "RELAY_API_TIMEOUT_S", API_TIMEOUT_S="inf"),
+    bad("api_max_attempts", "RELAY_API_MAX_ATTEMPTS", API_MAX_ATTEMPTS="0"),
+    bad("api_max_attempts", "RELAY_API_MAX_ATTEMPTS", API_MAX_ATTEMPTS="11"),
+    bad("api_max_attempts", "RELAY_API_MAX_ATTEMPTS", API_MAX_ATTEMPTS="2.5"),
+    bad("list_page_size", "RELAY_LIST_PAGE_SIZE", LIST_PAGE_SIZE="0"),
+    bad("list_page_size", "RELAY_LIST_PAGE_SIZE", LIST_PAGE_SIZE="101"),
+    bad("list_page_size", "RELAY_LIST_PAGE_SIZE", LIST_PAGE_SIZE="ten"),
+    bad("max_pages_per_cycle", "RELAY_MAX_PAGES_PER_CYCLE", MAX_PAGES_PER_CYCLE="0"),
+    bad("max_pages_per_cycle", "RELAY_MAX_PAGES_PER_CYCLE", MAX_PAGES_PER_CYCLE="1001"),
+    bad("max_pages_per_cycle", "RELAY_MAX_PAGES_PER_CYCLE", MAX_PAGES_PER_CYCLE="all"),
+    # delivery
+    bad("delivery_retry_max_delay", "RELAY_DELIVERY_RETRY_MAX_DELAY", DELIVERY_RETRY_MAX_DELAY="0"),
+    bad("delivery_retry_max_delay", "RELAY_DELIVERY_RETRY_MAX_DELAY", DELIVERY_RETRY_MAX_DELAY="86401"),
+    bad("delivery_retry_max_delay", "RELAY_DELIVERY_RETRY_MAX_DELAY", DELIVERY_RETRY_MAX_DELAY="nan"),
+    bad("delivery_retry_max_delay", "RELAY_DELIVERY_RETRY_MAX_DELAY", DELIVERY_RETRY_MAX_DELAY="5m"),
+    bad("delivery_max_age", "RELAY_DELIVERY_MAX_AGE", DELIVERY_MAX_AGE="forever"),
+    bad("delivery_max_age", "RELAY_DELIVERY_MAX_AGE", DELIVERY_MAX_AGE="-1s"),
+    bad("retention", "RELAY_RETENTION", RETENTION="a week"),
+    bad("retention", "RELAY_RETENTION", RETENTION="1e400"),
+    bad("retention", "RELAY_RETENTION", RETENTION="0s"),
+    bad("retention", "RELAY_RETENTION", RETENTION="99999999999d"),
+    # logging
+    bad("log_format", "RELAY_LOG_FORMAT", LOG_FORMAT="xml"),
+    bad("log_level", "RELAY_LOG_LEVEL", LOG_LEVEL="trace"),
+    bad("log_level", "RELAY_LOG_LEVEL", LOG_LEVEL="loud"),
+    # health and metrics listener
+    bad("http_listen", "RELAY_HTTP_LISTEN", HTTP_LISTEN="9464"),
+    bad("http_listen", "RELAY_HTTP_LISTEN", HTTP_LISTEN="localhost:99999"),
+    bad("http_listen", "RELAY_HTTP_LISTEN", HTTP_LISTEN="::1:9464"),
+    bad("watch_token", "RELAY_WATCH_TOKEN", WATCH_TOKEN="short"),
+    bad("watch_token", "RELAY_WATCH_TOKEN_FILE", WATCH_TOKEN_FILE=DIRECTORY),
+    # the webhook shortcut
+    bad("webhook_url", "RELAY_WEBHOOK_URL", WEBHOOK_URL="ftp://hooks.example.com/in"),
+    bad("webhook_url", "RELAY_WEBHOOK_URL", WEBHOOK_URL="hooks.example.com/in"),
+    bad("webhook_url", "RELAY_WEBHOOK_URL", WEBHOOK_URL=ABSENT, WEBHOOK_SECRET=ABSENT),  # no sink at all
+    bad("webhook_url", "RELAY_WEBHOOK_URL_FILE", WEBHOOK_URL_FILE=MISSING_FILE),  # both set
+    bad("webhook_url", "RELAY_WEBHOOK_URL", SINKS__WEBHOOK__KIND="webhook", SINKS__WEBHOOK__URL="https://other.example.com/in"),
+    bad("webhook_secret", "RELAY_WEBHOOK_SECRET", WEBHOOK_SECRET="not-a-secret"),
+    bad("webhook_secret", "RELAY_WEBHOOK_SECRET", WEBHOOK_SECRET="whsec_c2hvcnQ="),  # 5 bytes
+    bad("webhook_secret", "RELAY_WEBHOOK_SECRET", WEBHOOK_SECRET="whsec_!!!not-base64!!!"),
+    bad("webhook_secret", "RELAY_WEBHOOK_SECRET", WEBHOOK_SECRET=f"{WEBHOOK_SECRET} whsec_c2hvcnQ="),  # rotation, one bad
+    bad("webhook_secret", "RELAY_WEBHOOK_SECRET", WEBHOOK_URL=ABSENT, SINKS__OPS__KIND="webhook", SINKS__OPS__URL="https://ops.example.com/in"),
+    bad("webhook_secret", "RELAY_WEBHOOK_SECRET_FILE", WEBHOOK_SECRET=ABSENT, WEBHOOK_SECRET_FILE=DIRECTORY),
+    bad("webhook_secret", "RELAY_WEBHOOK_SECRET_FILE", WEBHOOK_SECRET_FILE=MISSING_FILE),  # both set
+    # the Slack shortcut
+    bad("slack_webhook_url", "RELAY_SLACK_WEBHOOK_URL", SLACK_WEBHOOK_URL="hooks.slack.com/services/T000/B000/X"),
+    bad("slack_webhook_url", "RELAY_SLACK_WEBHOOK_URL", SLACK_WEBHOOK_URL="ftp://hooks.slack.com/services/T000/B000/X"),
+    bad("slack_webhook_url", "RELAY_SLACK_WEBHOOK_URL_FILE", SLACK_WEBHOOK_URL=SLACK_URL, SLACK_WEBHOOK_URL_FILE=MISSING_FILE),
+    # named sinks
+    bad("sinks", "RELAY_SINKS", SINKS="[]"),
+    bad("sinks", "RELAY_SINKS", SINKS="{not json"),
+    bad("sinks", "RELAY_SINKS__OPS", SINKS__OPS="webhook"),
+    sink("kind", "RELAY_SINKS__OPS__KIND", SINKS__OPS__KIND=ABSENT),
+    sink("kind", "RELAY_SINKS__OPS__KIND", SINKS__OPS__KIND="pager"),
+    sink("url", "RELAY_SINKS__OPS__URL", SINKS__OPS__URL=ABSENT),
+    sink("url", "RELAY_SINKS__OPS__URL", SINKS__OPS__URL="ops.example.com/in"),
+    sink("url", "RELAY_SINKS__OPS__URL", SINKS__OPS__URL="mailto:ops@example.com"),
+    sink("secret", "RELAY_SINKS__OPS__SECRET", SINKS__OPS__SECRET="whsec_abc"),
+    sink("secret", "RELAY_SINKS__OPS__SECRET", SINKS__OPS__SECRET="s3cret"),
+    sink("secret", "RELAY_SINKS__OPS", SINKS__OPS__KIND="slack", SINKS__OPS__URL=SLACK_URL, SINKS__OPS__SECRET=WEBHOOK_SECRET),
+    sink("max_concurrency", "RELAY_SINKS__OPS__MAX_CONCURRENCY", SINKS__OPS__MAX_CONCURRENCY="0"),
+    sink("max_concurrency", "RELAY_SINKS__OPS__MAX_CONCURRENCY", SINKS__OPS__MAX_CONCURRENCY="65"),
+    sink("max_concurrency", "RELAY_SINKS__OPS__MAX_CONCURRENCY", SINKS__OPS__MAX_CONCURRENCY="lots"),
+    sink("timeout_s", "RELAY_SINKS__OPS__TIMEOUT_S", SINKS__OPS__TIMEOUT_S="0"),
+    sink("timeout_s", "RELAY_SINKS__OPS__TIMEOUT_S", SINKS__OPS__TIMEOUT_S="301"),
+    sink("timeout_s", "RELAY_SINKS__OPS__TIMEOUT_S", SINKS__OPS__TIMEOUT_S="nan"),
+    sink("types", "RELAY_SINKS__OPS__TYPES", SINKS__OPS__TYPES="VOUCHERS.IMPORT;DROP"),
+    sink("types", "RELAY_SINKS__OPS__TYPES", SINKS__OPS__TYPES="VOUCHERS.*,<script>"),
+    sink("outcomes", "RELAY_SINKS__OPS__OUTCOMES", SINKS__OPS__OUTCOMES="failure,maybe"),
+    sink("min_interval_s", "RELAY_SINKS__OPS__MIN_INTERVAL_S", SINKS__OPS__MIN_INTERVAL_S="-1"),
+    sink("min_interval_s", "RELAY_SINKS__OPS__MIN_INTERVAL_S", SINKS__OPS__MIN_INTERVAL_S="61"),
+    sink("min_interval_s", "RELAY_SINKS__OPS__MIN_INTERVAL_S", SINKS__OPS__MIN_INTERVAL_S="1s"),
+    sink("extra", "RELAY_SINKS__OPS__COLOR", SINKS__OPS__COLOR="red"),  # a typo in a sink field
+]
+
+
+def _params() -> list[object]:
+    return [pytest.param(case, id=case.id, marks=[pytest.mark.xfail(strict=True, reason=case.defect)] if case.defect else []) for case in CASES]
+
+
+@pytest.mark.parametrize("case", _params())
+def test_bad_environment_is_refused_naming_the_variable(case, tmp_path):
+    """Each bad environment raises ConfigError naming exactly the variable to fix, in one line with no secret."""
+    env = {**base_env(tmp_path), **case.overrides}
+    env = {k: v for k, v in env.items() if v is not None}
+    with pytest.raises(ConfigError) as caught:
+        load_settings(env)
+    error = caught.value
+    assert error.variable == case.variable, str(error)
+    assert case.variable in str(error)
+    assert "\n" not in str(error)
+    for secret in (APP_TOKEN, WEBHOOK_SECRET, WEBHOOK_SECRET.removeprefix("whsec_"), SLACK_URL):
+        assert secret not in str(error)
+
+
+def test_the_base_environment_is_valid(tmp_path):
+    """The environment every case starts from loads, so each refusal is caused by the case's change."""
+    settings = load_settings(base_env(tmp_path))
+    assert list(settings.all_sinks()) == ["webhook"]
+    assert load_settings({**base_env(tmp_path), **SINK}).all_sinks()["ops"].kind == "webhook"
+
+
+def test_every_setting_has_a_bad_case():
+    """Every field of RelaySettings and SinkSettings has at least one bad case, so a new setting needs one too."""
+    covered = {case.field for case in CASES}
+    wanted = set(RelaySettings.model_fields) | {f"sinks.{name}" for name in SinkSettings.model_fields}
+    assert wanted - covered == set()
+
+
+def test_every_contradiction_is_covered():
+    """The contradictions named in the issue are in the table: secret without URL, X with X_FILE, sink without URL, unreadable _FILE."""
+    ids = [case.id for case in CASES]
+    assert any("WEBHOOK_SECRET" in i and "no WEBHOOK_URL" in i for i in ids)
+    assert sum(1 for c in CASES if c.variable.endswith("_FILE") and not any(v is None for v in c.overrides.values())) >= 3
+    assert any(c.field == "sinks.url" and c.overrides.get("RELAY_SINKS__OPS__URL", "") is None for c in CASES)
+    assert any(c.overrides.get("RELAY_VOUCHERIFY_APP_TOKEN_FILE") == DIRECTORY for c in CASES)
