@@ -33,7 +33,8 @@ if __package__ in (None, ""):
 import aiohttp
 
 from bench.common import APP_ID, APP_TOKEN, Section, base_parser, env_int, finish, fmt, markdown_table, mean, percentile, quiet_logs
-from daemon.cadence import HOURS_PER_MONTH, Cadence, next_poll
+from daemon.cadence import HOURS_PER_MONTH, Cadence, is_busy, next_poll
+from daemon.cadence import last_activity as cadence_last_activity
 from daemon.model import TERMINAL_STATUSES, Event
 from daemon.poller import Poller
 from daemon.standin import VoucherifyStandIn
@@ -193,11 +194,11 @@ async def simulate_relay(jobs: list[ImportJob], *, days: int, fast_s: float, idl
                 if not report.first_run and not report.transitions and not report.events:
                     result.steady_cycles += 1
                     result.steady_calls += report.api_calls
-                if report.in_flight or report.transitions:
-                    last_activity = moment
-                decision = next_poll(
-                    cadence, busy=moment - last_activity < cadence.idle_s, remaining=client.rate_limit_remaining, limit=client.rate_limit_limit
+                last_activity = cadence_last_activity(
+                    last_activity, now=moment, in_flight=report.in_flight, transitions=report.transitions, first_run=report.first_run
                 )
+                busy = is_busy(cadence, now=moment, last_activity_at=last_activity)
+                decision = next_poll(cadence, busy=busy, remaining=client.rate_limit_remaining, limit=client.rate_limit_limit)
                 result.fast_cycles += decision.reason == "busy"
                 result.tail_cycles += decision.reason == "busy" and not report.in_flight and not report.transitions and fast_s < idle_s
                 moment += decision.interval_s
@@ -296,7 +297,7 @@ def build_section(results: list[SimResult], *, imports: int, days: int, seed: in
                 f"{imports} imports a day over {days} simulated day(s) (seed {seed}), each running 2-10 minutes with a progress "
                 f"update every minute, 15% failing, in a project that already holds {HISTORY_ACTIONS} finished actions. "
                 "The relay rows run the real `Poller` against the stand-in on a simulated clock, paced by `daemon.cadence.next_poll` "
-                "exactly as `Relay._pace` does (fast interval while anything is in flight or changed within the idle interval). "
+                "through the same `daemon.cadence` functions `Relay._pace` calls (fast while anything is in flight or changed within the cooldown). "
                 f"Per month = per day x {MONTH_FACTOR:.2f}. Detection times are simulated seconds from the action finishing "
                 "to the poll that emitted its event. "
                 '"Fast polls with nothing in flight" (per day) are the polls `Relay._pace` makes at the fast pace after the last activity, '

@@ -17,7 +17,7 @@ import structlog
 from apscheduler.schedulers.asyncio import AsyncIOScheduler
 
 from daemon.budget import WINDOW_S, RequestBudget
-from daemon.cadence import Cadence, next_poll
+from daemon.cadence import Cadence, is_busy, last_activity, next_poll
 from daemon.errors import AuthError, BudgetExhaustedError, RateLimitedError, StoreError, VoucherifyError
 from daemon.health import HealthServer, liveness, parse_listen, readiness
 from daemon.lock import InstanceLock
@@ -115,7 +115,7 @@ class Relay:
             budget=budget,
             retry=self._retry or RetryPolicy(max_attempts=self.settings.api_max_attempts),
             timeout_s=self.settings.api_timeout_s,
-            on_request=lambda at: self.store.record_api_calls([at]),
+            on_request=(lambda at: self.store.record_api_calls([at])) if self.settings.api_budget_per_hour else None,
             blocked_until=float(self.store.load_meta(BLOCKED_UNTIL) or 0),
             on_blocked=lambda until: self.store.save_meta(BLOCKED_UNTIL, f"{until:.3f}"),
         )
@@ -238,9 +238,10 @@ class Relay:
     def _pace(self, report: PollReport) -> None:
         """Schedule the next poll: fast while busy, slow when idle, never above the budget."""
         now = time.time()
-        if report.in_flight or report.transitions:
-            self._last_activity_at = now
-        busy = now - self._last_activity_at < self.cadence.cooldown_s
+        self._last_activity_at = last_activity(
+            self._last_activity_at, now=now, in_flight=report.in_flight, transitions=report.transitions, first_run=report.first_run
+        )
+        busy = is_busy(self.cadence, now=now, last_activity_at=self._last_activity_at)
         decision = next_poll(self.cadence, busy=busy, remaining=self.client.rate_limit_remaining, limit=self.client.rate_limit_limit)
         if decision.reason != self._pace_reason:
             self._log_pace(decision.reason, decision.interval_s)
@@ -309,7 +310,8 @@ class Relay:
     async def prune(self) -> None:
         """Delete delivered rows and terminal actions older than RELAY_RETENTION."""
         try:
-            deliveries, actions = self.store.prune(older_than=time.time() - self.settings.retention.total_seconds())
+            now = time.time()
+            deliveries, actions = self.store.prune(older_than=now - self.settings.retention.total_seconds(), calls_older_than=now - WINDOW_S)
         except StoreError as exc:
             log.error("prune.failed", caused_by=str(exc))
             return

@@ -49,6 +49,16 @@ class Decision:
     reason: str  # busy | idle | budget | rate_limit
 
 
+def last_activity(previous_at: float, *, now: float, in_flight: int, transitions: int, first_run: bool) -> float:
+    """Return when the relay last saw activity: something in flight, or a change (not the baseline's)."""
+    return now if in_flight or (transitions and not first_run) else previous_at
+
+
+def is_busy(cadence: Cadence, *, now: float, last_activity_at: float) -> bool:
+    """Whether the fast pace applies: activity within the cooldown."""
+    return now - last_activity_at < cadence.cooldown_s
+
+
 def next_poll(cadence: Cadence, *, busy: bool, remaining: int | None = None, limit: int | None = None) -> Decision:
     """Decide the wait before the next poll."""
     interval, reason = (cadence.fast_s, "busy") if busy else (cadence.idle_s, "idle")

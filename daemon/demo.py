@@ -108,6 +108,7 @@ async def run_demo(*, seconds: float | None = None, slack_json: bool = False) ->
             "RELAY_VOUCHERIFY_APP_ID": "demo-app",
             "RELAY_VOUCHERIFY_APP_TOKEN": "demo-token",
             "RELAY_POLL_INTERVAL": str(DEMO_POLL_S),
+            "RELAY_IDLE_POLL_INTERVAL": str(DEMO_POLL_S),
             "RELAY_STATE_URL": f"sqlite:///{tmp}/demo.db",
             "RELAY_WEBHOOK_URL": hook_url,
             "RELAY_WEBHOOK_SECRET": "whsec_" + base64.b64encode(secret_key).decode(),

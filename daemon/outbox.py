@@ -19,7 +19,7 @@ import structlog
 
 from daemon.model import Delivery
 from daemon.sinks import SendResult, Sink
-from daemon.store import StateStore
+from daemon.store import AttemptResults, StateStore
 
 log = structlog.get_logger("daemon.outbox")
 BASE_DELAY_S = 1.0
@@ -41,6 +41,15 @@ class DeliveryPolicy:
             return float(min(max(retry_after_s, MIN_RETRY_AFTER_S), MAX_RETRY_AFTER_S))
         ceiling = min(self.max_delay_s, BASE_DELAY_S * 2 ** min(attempts, 30))
         return float(ceiling / 2 + random.uniform(0, ceiling / 2))  # noqa: S311 - jitter, not crypto
+
+
+@dataclass
+class _Plan:
+    """What a batch of attempts decided, written in one transaction."""
+
+    delivered: list[int] = field(default_factory=list)
+    retries: list[tuple[int, float, str]] = field(default_factory=list)
+    dead: list[tuple[int, str]] = field(default_factory=list)
 
 
 @dataclass
@@ -111,51 +120,56 @@ class Dispatcher:
         limit = asyncio.Semaphore(sink.max_concurrency)
         try:
             while batch := self._store.claim_due(now=self._clock(), limit=self._policy.batch_size, sink=name):
-                await asyncio.gather(*(self._deliver(sink, d, limit) for d in batch))
+                started = time.monotonic()
+                answers = await asyncio.gather(*(self._send(sink, d, limit) for d in batch))
+                plan = _Plan()
+                now = self._clock()
+                for delivery, result in zip(batch, answers, strict=True):
+                    self._decide(delivery, result, plan, now=now)
+                self._store.apply_results(AttemptResults(delivered=plan.delivered, retries=plan.retries, dead=plan.dead), now=now)
+                log.info(
+                    "dispatch.batch",
+                    sink=name,
+                    sent=len(plan.delivered),
+                    retried=len(plan.retries),
+                    dead=len(plan.dead),
+                    duration_ms=round((time.monotonic() - started) * 1000, 1),
+                )
         except Exception:
             log.exception("dispatch.crashed", sink=name)
 
-    async def _deliver(self, sink: Sink, delivery: Delivery, limit: asyncio.Semaphore) -> None:
+    async def _send(self, sink: Sink, delivery: Delivery, limit: asyncio.Semaphore) -> SendResult:
         if delivery.sink in self._gone:
-            self._dead(delivery, "sink answered 410 Gone earlier; fix it, then `outbox replay --dead`", outcome="gone")
-            return
+            return SendResult(delivered=False, status=None, detail="sink answered 410 Gone earlier; fix it, then `outbox replay --dead`", gone=True)
         async with limit:
-            result = await sink.send(delivery)
-        self._record(delivery, result)
+            return await sink.send(delivery)
 
-    def _record(self, delivery: Delivery, result: SendResult) -> None:
-        now = self._clock()
+    def _decide(self, delivery: Delivery, result: SendResult, plan: _Plan, *, now: float) -> None:
         if result.delivered:
-            self._store.mark_delivered(delivery.row_id, now=now)
+            plan.delivered.append(delivery.row_id)
             self.stats.delivered += 1
             self._count(delivery.sink, "delivered")
-            log.info(
-                "delivery.sent",
-                sink=delivery.sink,
-                event_id=delivery.event_id,
-                action_id=delivery.action_id,
-                status=result.status,
-                attempt=delivery.attempts + 1,
-            )
+            log.debug("delivery.sent", sink=delivery.sink, event_id=delivery.event_id, action_id=delivery.action_id, status=result.status)
         elif result.gone:
-            self._gone.add(delivery.sink)
-            hint = "the receiver says this endpoint no longer exists; deliveries to it are dead-lettered until the relay restarts"
-            log.error("sink.gone", sink=delivery.sink, detail=result.detail, hint=hint)
-            self._dead(delivery, result.detail, outcome="gone")
+            if delivery.sink not in self._gone:
+                self._gone.add(delivery.sink)
+                hint = "the receiver says this endpoint no longer exists; deliveries to it are dead-lettered until the relay restarts"
+                log.error("sink.gone", sink=delivery.sink, detail=result.detail, hint=hint)
+            self._dead(delivery, result.detail, plan, outcome="gone")
         elif result.permanent:
             log.error("sink.misconfigured", sink=delivery.sink, detail=result.detail)
-            self._dead(delivery, result.detail, outcome="rejected")
+            self._dead(delivery, result.detail, plan, outcome="rejected")
         else:
-            self._retry(delivery, result, now=now)
+            self._retry(delivery, result, plan, now=now)
 
-    def _retry(self, delivery: Delivery, result: SendResult, *, now: float) -> None:
+    def _retry(self, delivery: Delivery, result: SendResult, plan: _Plan, *, now: float) -> None:
         self.stats.failed_attempts += 1
         deadline = delivery.created_at + self._policy.max_age_s
         if now >= deadline:
-            self._dead(delivery, f"{result.detail}; still failing after RELAY_DELIVERY_MAX_AGE", outcome="expired")
+            self._dead(delivery, f"{result.detail}; still failing after RELAY_DELIVERY_MAX_AGE", plan, outcome="expired")
             return
         delay = min(self._policy.next_delay(delivery.attempts, result.retry_after_s), deadline - now)
-        self._store.reschedule(delivery.row_id, next_attempt_at=now + delay, error=result.detail)
+        plan.retries.append((delivery.row_id, now + delay, result.detail))
         self._count(delivery.sink, "retry")
         log.warning(
             "delivery.retry_scheduled",
@@ -166,8 +180,8 @@ class Dispatcher:
             retry_in_s=round(delay, 3),
         )
 
-    def _dead(self, delivery: Delivery, reason: str, *, outcome: str) -> None:
-        self._store.mark_dead(delivery.row_id, reason=reason)
+    def _dead(self, delivery: Delivery, reason: str, plan: _Plan, *, outcome: str) -> None:
+        plan.dead.append((delivery.row_id, reason))
         self.stats.dead += 1
         self._count(delivery.sink, outcome)
         log.error("delivery.dead_lettered", sink=delivery.sink, event_id=delivery.event_id, action_id=delivery.action_id, reason=reason, row_id=delivery.row_id)

@@ -14,7 +14,7 @@ from pathlib import Path
 
 from daemon.errors import StoreError
 from daemon.model import ActionSnapshot, Delivery, Event
-from daemon.store import Cursor, CycleResult, OutboxRow, OutboxStats
+from daemon.store import AttemptResults, Cursor, CycleResult, OutboxRow, OutboxStats
 
 SCHEMA_VERSION = 1
 _SCHEMA = """
@@ -136,6 +136,8 @@ class SqliteStateStore:
     def commit_cycle(self, result: CycleResult, *, now: float) -> int:
         """Persist a cycle's snapshots, forgotten ids, cursor and outbox rows in one transaction."""
         enqueued = 0
+        if not (result.snapshots or result.events or result.forgotten or result.stuck or result.baseline_done) and not self._cursor_moves(result):
+            return 0
         with self._transaction():
             self._db.executemany(
                 "INSERT INTO actions (id, type, status, operation_status, progress, created_at, updated_at, terminal, seen_at) "
@@ -153,6 +155,9 @@ class SqliteStateStore:
             if result.baseline_done:
                 self._set_meta("baseline_done", "1")
         return enqueued
+
+    def _cursor_moves(self, result: CycleResult) -> bool:
+        return result.newest_created_at is not None and result.newest_created_at != self.load_cursor().newest_created_at
 
     def enqueue(self, event: Event, sinks: Iterable[str], *, now: float) -> int:
         """Add one event for the given sinks outside a poll cycle (send-test, tools)."""
@@ -211,15 +216,31 @@ class SqliteStateStore:
 
     def mark_delivered(self, row_id: int, *, now: float) -> None:
         """Record a successful delivery."""
-        self._update("UPDATE outbox SET status='delivered', attempts=attempts+1, finished_at=?, last_error=NULL WHERE row_id=?", (now, row_id))
+        self.apply_results(AttemptResults(delivered=[row_id]), now=now)
 
     def reschedule(self, row_id: int, *, next_attempt_at: float, error: str) -> None:
         """Record a failed attempt and when to try again."""
-        self._update("UPDATE outbox SET attempts=attempts+1, next_attempt_at=?, last_error=? WHERE row_id=?", (next_attempt_at, error, row_id))
+        self.apply_results(AttemptResults(retries=[(row_id, next_attempt_at, error)]), now=0.0)
 
     def mark_dead(self, row_id: int, *, reason: str) -> None:
         """Move a delivery to the dead-letter list; it stays until replayed."""
-        self._update("UPDATE outbox SET status='dead', attempts=attempts+1, next_attempt_at=NULL, last_error=? WHERE row_id=?", (reason, row_id))
+        self.apply_results(AttemptResults(dead=[(row_id, reason)]), now=0.0)
+
+    def apply_results(self, results: AttemptResults, *, now: float) -> None:
+        """Record a batch of attempts in one transaction (one commit per batch, not per event)."""
+        with self._transaction():
+            self._db.executemany(
+                "UPDATE outbox SET status='delivered', attempts=attempts+1, finished_at=?, last_error=NULL WHERE row_id=?",
+                [(now, row_id) for row_id in results.delivered],
+            )
+            self._db.executemany(
+                "UPDATE outbox SET attempts=attempts+1, next_attempt_at=?, last_error=? WHERE row_id=?",
+                [(at, error, row_id) for row_id, at, error in results.retries],
+            )
+            self._db.executemany(
+                "UPDATE outbox SET status='dead', attempts=attempts+1, next_attempt_at=NULL, last_error=? WHERE row_id=?",
+                [(reason, row_id) for row_id, reason in results.dead],
+            )
 
     def _update(self, sql: str, params: tuple[object, ...]) -> None:
         with self._errors("write"):
@@ -248,12 +269,12 @@ class SqliteStateStore:
             dead = self._db.execute("SELECT count(*) FROM outbox WHERE status='dead'").fetchone()[0]
         return OutboxStats(pending=pending, dead=dead, oldest_pending_created_at=oldest)
 
-    def prune(self, *, older_than: float) -> tuple[int, int]:
-        """Delete delivered rows and terminal actions last touched before ``older_than``."""
+    def prune(self, *, older_than: float, calls_older_than: float | None = None) -> tuple[int, int]:
+        """Delete delivered rows and terminal actions last touched before ``older_than`` (and the API call log before ``calls_older_than``)."""
         with self._transaction():
             deliveries = self._db.execute("DELETE FROM outbox WHERE status='delivered' AND finished_at < ?", (older_than,)).rowcount
             actions = self._db.execute("DELETE FROM actions WHERE terminal=1 AND seen_at < ?", (older_than,)).rowcount
-            self._db.execute("DELETE FROM api_calls WHERE at < ?", (older_than,))
+            self._db.execute("DELETE FROM api_calls WHERE at < ?", (older_than if calls_older_than is None else calls_older_than,))
         return deliveries, actions
 
     # --- API call log (for the rolling-hour budget) -------------------------------
