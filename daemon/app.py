@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Callable, Coroutine, Sequence
+from collections.abc import Callable, Coroutine, Mapping, Sequence
 from datetime import UTC, datetime
 from typing import Any
 
@@ -25,7 +25,7 @@ from daemon.metrics import RelayMetrics, failure_reason
 from daemon.model import Event
 from daemon.outbox import DeliveryPolicy, Dispatcher
 from daemon.poller import Poller, PollReport
-from daemon.settings import RelaySettings
+from daemon.settings import RelaySettings, SinkSettings
 from daemon.sinks import Sink
 from daemon.sinks.slack import SlackSink
 from daemon.sinks.webhook import WebhookSink
@@ -51,11 +51,11 @@ def build_sinks(settings: RelaySettings, session: aiohttp.ClientSession) -> dict
     return sinks
 
 
-def route_event(settings: RelaySettings, event: Event) -> list[str]:
+def route_event(specs: Mapping[str, SinkSettings], event: Event) -> list[str]:
     """Return the sinks whose filters accept ``event`` (by action type glob and outcome)."""
     action_type = str(event.data.get("type") or "")
     outcome = str(event.data.get("outcome") or "")
-    return [name for name, spec in settings.all_sinks().items() if spec.accepts(action_type=action_type, outcome=outcome)]
+    return [name for name, spec in specs.items() if spec.accepts(action_type=action_type, outcome=outcome)]
 
 
 def open_store(settings: RelaySettings) -> SqliteStateStore:
@@ -86,6 +86,7 @@ class Relay:
         self._health: HealthServer | None = None
         self.http_port: int | None = None
         self.metrics = RelayMetrics()
+        self._sink_specs = settings.all_sinks()
 
     async def start(self) -> None:
         """Open the database, the HTTP session and the adapters; start the scheduler.
@@ -178,7 +179,7 @@ class Relay:
     def route(self, event: Event) -> Sequence[str]:
         """Return the sinks an event goes to."""
         self._seen_events.append(event)
-        return route_event(self.settings, event)
+        return route_event(self._sink_specs, event)
 
     def _guard(self, job: Callable[[], Coroutine[Any, Any, None]]) -> Callable[[], Coroutine[Any, Any, None]]:
         """Track the running job so shutdown can wait for it."""
