@@ -238,3 +238,19 @@ def rss_kib(pid: int | str = "self") -> int:
         if line.startswith("VmRSS:"):
             return int(line.split()[1])
     return 0
+
+
+def relay_env(tmp: str, api_url: str, hook_url: str, overrides: dict[str, str], *, http_listen: str = "off") -> dict[str, str]:
+    """Return a benchmark relay's environment: the stand-in, one receiver, a state file in ``tmp``, JSON logs."""
+    return {
+        "RELAY_ENV_FILE": str(Path(tmp) / "absent.env"),
+        "RELAY_VOUCHERIFY_API_URL": api_url,
+        "RELAY_VOUCHERIFY_APP_ID": APP_ID,
+        "RELAY_VOUCHERIFY_APP_TOKEN": APP_TOKEN,
+        "RELAY_STATE_URL": f"sqlite:///{tmp}/state.db",
+        "RELAY_WEBHOOK_URL": hook_url,
+        "RELAY_WEBHOOK_SECRET": WEBHOOK_SECRET,
+        "RELAY_LOG_FORMAT": "json",
+        "RELAY_HTTP_LISTEN": http_listen,  # "off" by default: 127.0.0.1:9464 may be taken by another relay on this machine
+        **overrides,
+    }

@@ -29,7 +29,6 @@ from bench.common import (
     APP_ID,
     APP_TOKEN,
     ROOT,
-    WEBHOOK_SECRET,
     Section,
     base_parser,
     child_env,
@@ -41,6 +40,7 @@ from bench.common import (
     markdown_table,
     mean,
     receiver_process,
+    relay_env,
     rss_kib,
     wait_for_port,
 )
@@ -79,24 +79,6 @@ def count_lines(path: Path, needle: str) -> int:
     return sum(needle in line for line in path.read_text(errors="replace").splitlines()) if path.exists() else 0
 
 
-def relay_env(tmp: str, api_url: str, hook_url: str, overrides: dict[str, str]) -> dict[str, str]:
-    """Return the relay's environment: stand-in, receiver, a state file in ``tmp``, JSON logs."""
-    return child_env(
-        {
-            "RELAY_ENV_FILE": str(Path(tmp) / "absent.env"),
-            "RELAY_VOUCHERIFY_API_URL": api_url,
-            "RELAY_VOUCHERIFY_APP_ID": APP_ID,
-            "RELAY_VOUCHERIFY_APP_TOKEN": APP_TOKEN,
-            "RELAY_STATE_URL": f"sqlite:///{tmp}/state.db",
-            "RELAY_WEBHOOK_URL": hook_url,
-            "RELAY_WEBHOOK_SECRET": WEBHOOK_SECRET,
-            "RELAY_LOG_FORMAT": "json",
-            "RELAY_HTTP_LISTEN": f"127.0.0.1:{free_port()}",  # the health/metrics listener, as shipped, on a port nobody else holds
-            **overrides,
-        }
-    )
-
-
 def wait_for_poll(proc: subprocess.Popen[bytes], log_path: Path, *, timeout_s: float = 30.0) -> None:
     """Wait until the relay logged a completed poll, or raise with its output."""
     deadline = time.monotonic() + timeout_s
@@ -115,7 +97,7 @@ def run_config(api_url: str, hook_url: str, overrides: dict[str, str], *, window
     fast pace for one idle interval (300 s by default) before settling.
     """
     with tempfile.TemporaryDirectory(prefix="bench-idle-") as tmp:
-        env = relay_env(tmp, api_url, hook_url, overrides)
+        env = child_env(relay_env(tmp, api_url, hook_url, overrides, http_listen=f"127.0.0.1:{free_port()}"))
         first_log = Path(tmp) / "first.log"
         with first_log.open("wb") as log, child_process([sys.executable, "-m", "daemon", "run"], env=env, cwd=Path(tmp), stdout=log) as proc:
             wait_for_poll(proc, first_log)

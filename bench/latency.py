@@ -31,7 +31,21 @@ if __package__ in (None, ""):
 
 from aiohttp import web
 
-from bench.common import APP_ID, APP_TOKEN, WEBHOOK_SECRET, Section, base_parser, env_float, env_int, finish, fmt, markdown_table, mean, percentile, quiet_logs
+from bench.common import (
+    APP_ID,
+    APP_TOKEN,
+    Section,
+    base_parser,
+    env_float,
+    env_int,
+    finish,
+    fmt,
+    markdown_table,
+    mean,
+    percentile,
+    quiet_logs,
+    relay_env,
+)
 from daemon.app import Relay
 from daemon.cadence import Cadence, next_poll
 from daemon.model import Event
@@ -88,18 +102,7 @@ async def run_config(overrides: dict[str, str], *, actions: int, window_s: float
     detected: dict[str, float] = {}
     finished: dict[str, float] = {}
     with tempfile.TemporaryDirectory(prefix="bench-latency-") as tmp:
-        env = {
-            "RELAY_ENV_FILE": str(Path(tmp) / "absent.env"),
-            "RELAY_VOUCHERIFY_API_URL": api_url,
-            "RELAY_VOUCHERIFY_APP_ID": APP_ID,
-            "RELAY_VOUCHERIFY_APP_TOKEN": APP_TOKEN,
-            "RELAY_STATE_URL": f"sqlite:///{tmp}/state.db",
-            "RELAY_WEBHOOK_URL": hook_url,
-            "RELAY_WEBHOOK_SECRET": WEBHOOK_SECRET,
-            "RELAY_LOG_FORMAT": "json",
-            "RELAY_HTTP_LISTEN": "off",  # the default 127.0.0.1:9464 may be taken by another relay on this machine
-            **overrides,
-        }
+        env = relay_env(tmp, api_url, hook_url, overrides)
         relay = Relay(load_settings(env))
         await relay.start()
         try:

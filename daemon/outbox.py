@@ -59,7 +59,6 @@ class DispatchStats:
     delivered: int = 0
     failed_attempts: int = 0
     dead: int = 0
-    by_sink: dict[tuple[str, str], int] = field(default_factory=dict)
 
 
 class Dispatcher:
@@ -187,7 +186,5 @@ class Dispatcher:
         log.error("delivery.dead_lettered", sink=delivery.sink, event_id=delivery.event_id, action_id=delivery.action_id, reason=reason, row_id=delivery.row_id)
 
     def _count(self, sink: str, outcome: str) -> None:
-        key = (sink, outcome)
-        self.stats.by_sink[key] = self.stats.by_sink.get(key, 0) + 1
         if self._on_result:
             self._on_result(sink, outcome)

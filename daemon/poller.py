@@ -108,7 +108,7 @@ class Poller:
             events=[(e, self._route(e)) for e in [*events, *stuck]],
             forgotten=gone,
             stuck=stuck_ids,
-            newest_created_at=newest,
+            newest_created_at=newest if newest != cursor.newest_created_at else None,
             baseline_done=cursor.first_run,
         )
         self._store.commit_cycle(result, now=self._clock())

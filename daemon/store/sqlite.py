@@ -136,7 +136,7 @@ class SqliteStateStore:
     def commit_cycle(self, result: CycleResult, *, now: float) -> int:
         """Persist a cycle's snapshots, forgotten ids, cursor and outbox rows in one transaction."""
         enqueued = 0
-        if not (result.snapshots or result.events or result.forgotten or result.stuck or result.baseline_done) and not self._cursor_moves(result):
+        if not (result.snapshots or result.events or result.forgotten or result.stuck or result.baseline_done or result.newest_created_at):
             return 0
         with self._transaction():
             self._db.executemany(
@@ -155,9 +155,6 @@ class SqliteStateStore:
             if result.baseline_done:
                 self._set_meta("baseline_done", "1")
         return enqueued
-
-    def _cursor_moves(self, result: CycleResult) -> bool:
-        return result.newest_created_at is not None and result.newest_created_at != self.load_cursor().newest_created_at
 
     def enqueue(self, event: Event, sinks: Iterable[str], *, now: float) -> int:
         """Add one event for the given sinks outside a poll cycle (send-test, tools)."""
