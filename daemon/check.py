@@ -5,7 +5,7 @@ from __future__ import annotations
 import aiohttp
 
 from daemon.cadence import Cadence, estimate_cost, plan_report
-from daemon.errors import AuthError, VoucherifyError
+from daemon.errors import AuthError, ConfigError, RedirectError, VoucherifyError
 from daemon.settings import RelaySettings
 from daemon.voucherify import RetryPolicy, VoucherifyClient
 
@@ -27,9 +27,12 @@ async def run_check(settings: RelaySettings) -> int:
             app_token=settings.voucherify_app_token.get_secret_value() if settings.voucherify_app_token else "",
             retry=RetryPolicy(max_attempts=1),
             timeout_s=settings.api_timeout_s,
+            max_response_bytes=settings.api_max_response_bytes,
         )
         try:
             page = await client.list_page(limit=1)
+        except RedirectError as exc:
+            raise ConfigError("RELAY_VOUCHERIFY_API_URL", str(exc)) from None
         except AuthError as exc:
             print(f"voucherify: FAILED: credentials refused: {exc}")
             return 1

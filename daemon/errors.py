@@ -13,7 +13,9 @@ The tree::
         ├── BudgetExhaustedError RELAY_API_BUDGET_PER_HOUR would be exceeded; carries retry_at
         ├── ServerError          5xx; retried
         ├── TransportError       timeout, refused or reset connection; retried
-        └── BadResponseError     a body that is not the JSON we expect (malformed, truncated)
+        ├── RedirectError        3xx: never followed (the token would go along); names the Location
+        └── BadResponseError     a body that is not the JSON we expect (malformed, truncated,
+                                 larger than RELAY_API_MAX_RESPONSE_BYTES, nested too deeply)
 
 Messages never contain a secret: they name the endpoint path, never headers or tokens.
 """
@@ -78,6 +80,10 @@ class ServerError(VoucherifyError):
 
 class TransportError(VoucherifyError):
     """The request timed out or the connection failed."""
+
+
+class RedirectError(VoucherifyError):
+    """Voucherify's address answered a redirect; it is not followed (the app token would go along)."""
 
 
 class BadResponseError(VoucherifyError):

@@ -13,6 +13,7 @@ from daemon.errors import ConfigError
 from daemon.model import Delivery
 from daemon.normalize import test_event
 from daemon.settings import RelaySettings
+from daemon.sinks import SendResult
 
 
 async def send_test(settings: RelaySettings, *, only: str | None = None) -> int:
@@ -30,18 +31,20 @@ async def send_test(settings: RelaySettings, *, only: str | None = None) -> int:
             delivery = Delivery(row_id=0, event_id=event.id, event_type=event.type, sink=name, action_id="", body=body, attempts=0, created_at=time.time())
             result = await sink.send(delivery)
             verdict = "delivered" if result.delivered else "FAILED"
-            advice = _advice(result.delivered, gone=result.gone, permanent=result.permanent)
+            advice = _advice(result)
             print(f"sink {name} ({sink.describe()}): {verdict}: {result.detail}{advice}")
             failures += 0 if result.delivered else 1
     print(f"test event {event.id}: {len(sinks if not only else [only]) - failures} delivered, {failures} failed")
     return 0 if failures == 0 else 1
 
 
-def _advice(delivered: bool, *, gone: bool, permanent: bool) -> str:  # noqa: FBT001 - reads as a sentence
-    if delivered:
+def _advice(result: SendResult) -> str:
+    if result.delivered:
         return ""
-    if gone:
+    if result.redirect_to is not None:
+        return f" (the receiver redirects to {result.redirect_to}; configure that URL instead)"
+    if result.gone:
         return " (the receiver says this endpoint is gone: check the URL)"
-    if permanent:
+    if result.permanent:
         return " (the receiver refused the configuration: check the URL and the channel)"
     return " (a temporary failure: the daemon would retry it)"

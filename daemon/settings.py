@@ -2,6 +2,8 @@
 
 Every secret may instead be read from a file named by ``<VARIABLE>_FILE`` (systemd
 credentials, Docker secrets). Errors become :class:`ConfigError` naming the variable.
+Secrets and URLs end up in HTTP headers and request lines, so control characters (CR, LF,
+TAB, ...) in them are refused here rather than failing, or injecting a header, later.
 """
 
 from __future__ import annotations
@@ -12,7 +14,7 @@ import re
 from collections.abc import Mapping
 from datetime import timedelta
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, TypeVar
 from urllib.parse import urlsplit
 
 from dotenv import dotenv_values
@@ -21,6 +23,7 @@ from pydantic_settings import BaseSettings, EnvSettingsSource, NoDecode, Pydanti
 from pydantic_settings.sources.utils import parse_env_vars
 
 from daemon.errors import ConfigError
+from daemon.urls import has_control_chars, redact_url
 
 PREFIX = "RELAY_"
 _DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h|d|w)?\s*$", re.IGNORECASE)
@@ -73,6 +76,18 @@ def _check_outcomes(outcomes: list[str]) -> list[str]:
     return [o.lower() for o in outcomes]
 
 
+_T = TypeVar("_T")
+
+
+def reject_control_chars(value: _T) -> _T:
+    """Refuse a secret or URL holding a control character, without echoing it."""
+    raw = value.get_secret_value() if isinstance(value, SecretStr) else value
+    if isinstance(raw, str) and has_control_chars(raw):
+        msg = "contains a control character (CR, LF, TAB or another below 0x20, or DEL): remove it"
+        raise ValueError(msg)
+    return value
+
+
 TypeGlobs = Annotated[list[str], NoDecode, BeforeValidator(split_list), AfterValidator(_check_type_globs)]
 Outcomes = Annotated[list[str], NoDecode, BeforeValidator(split_list), AfterValidator(_check_outcomes)]
 
@@ -106,12 +121,12 @@ class SinkSettings(BaseModel):
     @field_validator("url")
     @classmethod
     def _http_url(cls, value: SecretStr) -> SecretStr:
-        return check_http_url(value)
+        return check_http_url(reject_control_chars(value))
 
     @field_validator("secret")
     @classmethod
     def _whsec(cls, value: SecretStr | None) -> SecretStr | None:
-        if value is not None:
+        if value is not None and reject_control_chars(value) is not None:
             for secret in value.get_secret_value().split():
                 _decode_whsec(secret)
         return value
@@ -123,12 +138,8 @@ class SinkSettings(BaseModel):
         return [_decode_whsec(s) for s in self.secret.get_secret_value().split()]
 
     def display_url(self) -> str:
-        """Return the URL safe to log: scheme and host, and the path only for webhooks."""
-        parts = urlsplit(self.url.get_secret_value())
-        host = parts.hostname or ""
-        port = f":{parts.port}" if parts.port else ""
-        path = parts.path if self.kind == "webhook" else "/…"
-        return f"{parts.scheme}://{host}{port}{path}"
+        """Return the URL safe to show: scheme, host, port and at most the first path segment."""
+        return redact_url(self.url.get_secret_value())
 
 
 def check_http_url(value: SecretStr) -> SecretStr:
@@ -175,6 +186,8 @@ class RelaySettings(BaseSettings):
     api_budget_per_hour: int | None = Field(default=None, ge=2)
     api_timeout_s: float = Field(default=10.0, gt=0, le=120)
     api_max_attempts: int = Field(default=4, ge=1, le=10)
+    # the documented 5,000-row results are well under 2 MiB; the cap keeps an endless body from exhausting memory
+    api_max_response_bytes: int = Field(default=16 * 1024 * 1024, ge=1024 * 1024, le=1024 * 1024 * 1024)
     list_page_size: int = Field(default=100, ge=1, le=100)
     max_pages_per_cycle: int = Field(default=20, ge=1, le=1000)
     delivery_retry_max_delay: float = Field(default=300.0, gt=0, le=86400)
@@ -199,12 +212,17 @@ class RelaySettings(BaseSettings):
     def _token(cls, value: SecretStr | None) -> SecretStr | None:
         if value is None or not value.get_secret_value().strip():
             return None
-        return SecretStr(value.get_secret_value().strip())
+        return reject_control_chars(SecretStr(value.get_secret_value().strip()))
 
     @field_validator("webhook_url", "slack_webhook_url")
     @classmethod
     def _webhook_url(cls, value: SecretStr | None) -> SecretStr | None:
-        return None if value is None else check_http_url(value)
+        return None if value is None else check_http_url(reject_control_chars(value))
+
+    @field_validator("voucherify_api_url", "voucherify_app_id", "state_url", "watch_token", mode="before")
+    @classmethod
+    def _no_control_chars(cls, value: object) -> object:
+        return reject_control_chars(value) if isinstance(value, str | SecretStr) else value
 
     @field_validator("webhook_secret")
     @classmethod
@@ -270,8 +288,8 @@ class RelaySettings(BaseSettings):
         values = [self.voucherify_app_token, self.webhook_secret, self.watch_token]
         for sink in self.all_sinks().values():
             values.append(sink.secret)
-            # a webhook URL is logged as display_url(); it is a secret only where that hides something
-            if sink.kind != "webhook" or sink.display_url() != sink.url.get_secret_value():
+            # a sink URL is shown as display_url(); where that hides something, the hidden part may be a secret
+            if sink.display_url() != sink.url.get_secret_value():
                 values.append(sink.url)
         found = [v.get_secret_value() for v in values if v is not None]
         found.extend(s for v in list(found) for s in v.split() if len(s) >= 8)  # noqa: PLR2004

@@ -5,6 +5,11 @@ Every dependency exception is mapped to our tree (see :mod:`daemon.errors`) in
 and 429 are retried with full-jitter exponential backoff, capped in attempts and
 time; a 429's ``Retry-After``/``X-Rate-Limit-Retry`` is honoured and remembered, so
 no request leaves before it has passed, in this cycle or the next.
+
+Redirects are never followed: aiohttp would resend ``X-App-Id``/``X-App-Token`` to the
+other origin. A 3xx is a :class:`RedirectError`, not retried; the next cycle tries again.
+Bodies are read in chunks up to ``max_response_bytes`` (an endless body must not grow
+memory); error bodies only up to ``ERROR_BODY_BYTES``.
 """
 
 from __future__ import annotations
@@ -29,15 +34,21 @@ from daemon.errors import (
     ClientRequestError,
     NotFoundError,
     RateLimitedError,
+    RedirectError,
     ServerError,
     TransportError,
     VoucherifyError,
 )
+from daemon.httpio import read_at_most
+from daemon.urls import resolve_location, without_query
 
 LIST_PATH = "/v1/async-actions"
 USER_AGENT = f"voucherify-relay/{__version__} (+aiohttp/{aiohttp.__version__})"
 MAX_INLINE_WAIT_S = 30.0  # a longer Retry-After ends the cycle; the next one waits for it
 DEFAULT_429_WAIT_S = 5.0
+# the documented 5,000-row results are well under 2 MiB: 16 MiB leaves room without letting a body exhaust memory
+DEFAULT_MAX_RESPONSE_BYTES = 16 * 1024 * 1024
+ERROR_BODY_BYTES = 4096
 
 
 @dataclass(frozen=True, slots=True)
@@ -75,6 +86,7 @@ class VoucherifyClient:
         on_request: Callable[[float], None] | None = None,
         blocked_until: float = 0.0,
         on_blocked: Callable[[float], None] | None = None,
+        max_response_bytes: int = DEFAULT_MAX_RESPONSE_BYTES,
     ) -> None:
         self._session = session
         self._base_url = base_url.rstrip("/")
@@ -85,6 +97,7 @@ class VoucherifyClient:
         self._on_request = on_request
         self._blocked_until = blocked_until
         self._on_blocked = on_blocked
+        self._max_response_bytes = max_response_bytes
         self.calls: Counter[tuple[str, str]] = Counter()  # (endpoint, status or error kind)
         self.rate_limit_remaining: int | None = None
         self.rate_limit_limit: int | None = None
@@ -144,10 +157,10 @@ class VoucherifyClient:
         if self._on_request:
             self._on_request(now)
         try:
-            async with self._session.get(self._base_url + path, params=params, headers=self._headers, timeout=self._timeout) as response:
+            async with self._session.get(self._base_url + path, params=params, headers=self._headers, timeout=self._timeout, allow_redirects=False) as response:
                 self._note_limits(response.headers)
-                raw = await response.read()
                 status = response.status
+                raw = await self._read_body(path, response, endpoint=endpoint)
         except TimeoutError:
             self.calls[(endpoint, "timeout")] += 1
             raise TransportError(f"GET {path}: timed out") from None
@@ -158,9 +171,26 @@ class VoucherifyClient:
             self.calls[(endpoint, "connection_error")] += 1
             raise TransportError(f"GET {path}: connection failed ({type(exc).__name__})") from None
         self.calls[(endpoint, str(status))] += 1
+        if 300 <= status < 400:  # noqa: PLR2004
+            raise _redirect_error(path, status, location=resolve_location(self._base_url + path, response.headers.get("Location")))
         if status >= 400:  # noqa: PLR2004
             raise self._status_error(path, status, raw, response.headers)
         return _decode(path, raw)
+
+    async def _read_body(self, path: str, response: aiohttp.ClientResponse, *, endpoint: str) -> bytes:
+        """Read the body up to the cap; an error's body only as far as its message needs."""
+        if response.status >= 300:  # noqa: PLR2004
+            return (await read_at_most(response, ERROR_BODY_BYTES))[0]
+        cap = self._max_response_bytes
+        if (response.content_length or 0) > cap:
+            response.close()
+        else:
+            raw, cut = await read_at_most(response, cap, keep_prefix=False)
+            if not cut:
+                return raw
+        self.calls[(endpoint, "too_large")] += 1
+        msg = f"GET {path}: response body larger than RELAY_API_MAX_RESPONSE_BYTES ({cap} bytes)"
+        raise BadResponseError(msg)
 
     def _note_limits(self, headers: Mapping[str, str]) -> None:
         remaining = _header_int(headers, "X-Rate-Limit-Remaining")
@@ -213,11 +243,20 @@ def _retry_at(headers: Mapping[str, str], *, now: float) -> float:
     return max(candidates)
 
 
+def _redirect_error(path: str, status: int, *, location: str) -> RedirectError:
+    target = without_query(location) if "://" in location else location
+    msg = f"GET {path}: HTTP {status} redirect to {target}, not followed (it would carry the app token): set RELAY_VOUCHERIFY_API_URL to the API's own address"
+    return RedirectError(msg, status=status)
+
+
 def _decode(path: str, raw: bytes) -> dict[str, Any]:
     try:
         body = json.loads(raw)
     except (ValueError, UnicodeDecodeError):
         msg = f"GET {path}: response body is not valid JSON ({len(raw)} bytes)"
+        raise BadResponseError(msg) from None
+    except RecursionError:
+        msg = f"GET {path}: response body is JSON nested too deeply ({len(raw)} bytes)"
         raise BadResponseError(msg) from None
     if not isinstance(body, dict):
         msg = f"GET {path}: response body is not a JSON object"
@@ -228,7 +267,7 @@ def _decode(path: str, raw: bytes) -> dict[str, Any]:
 def _error_detail(raw: bytes) -> str:
     try:
         body = json.loads(raw)
-    except (ValueError, UnicodeDecodeError):
+    except (ValueError, UnicodeDecodeError, RecursionError):
         return ""
     if not isinstance(body, dict):
         return ""

@@ -6,6 +6,10 @@ from dataclasses import dataclass
 from typing import Protocol
 
 from daemon.model import Delivery
+from daemon.urls import redact_url, resolve_location
+
+# a receiver's answer is only read for the error message: an endless body must not grow memory
+ANSWER_BYTES = 4096
 
 
 @dataclass(frozen=True, slots=True)
@@ -14,6 +18,7 @@ class SendResult:
 
     ``gone``: the endpoint said it no longer exists (410): stop sending to it.
     ``permanent``: retrying cannot help (a configuration error): dead-letter now.
+    ``redirect_to``: the receiver answered 3xx to this (redacted) address; it is not followed.
     """
 
     delivered: bool
@@ -22,6 +27,7 @@ class SendResult:
     retry_after_s: float | None = None
     gone: bool = False
     permanent: bool = False
+    redirect_to: str | None = None
 
 
 class Sink(Protocol):
@@ -38,6 +44,12 @@ class Sink(Protocol):
     async def send(self, delivery: Delivery) -> SendResult:
         """Deliver one event; never raise for receiver or network trouble."""
         ...
+
+
+def redirect_result(*, status: int, sink_url: str, location: str | None) -> SendResult:
+    """Classify a 3xx: a failed attempt (retried), naming where the receiver points, redacted like a sink URL."""
+    target = redact_url(resolve_location(sink_url, location)) if location else "(no Location header)"
+    return SendResult(delivered=False, status=status, detail=f"HTTP {status}: redirects to {target} (not followed)", redirect_to=target)
 
 
 def parse_retry_after(value: str | None) -> float | None:

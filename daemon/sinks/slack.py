@@ -10,6 +10,7 @@ Slack answers with a status and a one-word body; the sink reads them as::
     404 channel_not_found, no_service, ...   permanent
     410 channel_is_archived, team_disabled   gone (and permanent): nothing will reach it
     429 rate_limited + Retry-After           retry after it; the whole sink holds until then
+    3xx                                      retry: never followed (the URL must be Slack's own)
     408, 5xx, timeouts, connection errors    retry
 
 The webhook URL is the credential: it never appears in a log line, a detail or a repr.
@@ -25,7 +26,8 @@ from typing import TYPE_CHECKING, Any
 import aiohttp
 import structlog
 
-from daemon.sinks import SendResult, parse_retry_after
+from daemon.httpio import read_at_most
+from daemon.sinks import ANSWER_BYTES, SendResult, parse_retry_after, redirect_result
 from daemon.slack import render_message
 from daemon.voucherify import USER_AGENT
 
@@ -95,9 +97,12 @@ class SlackSink:
         """POST ``message``; return the classified result and Slack's one-word answer."""
         headers = {"User-Agent": USER_AGENT}
         try:
-            async with self._session.post(self._url, json=message, headers=headers, timeout=self._timeout) as response:
-                answer = (await response.read())[:BODY_CHARS].decode("utf-8", "replace").strip()
-                result = classify_answer(response.status, answer, response.headers.get("Retry-After"))
+            async with self._session.post(self._url, json=message, headers=headers, timeout=self._timeout, allow_redirects=False) as response:
+                answer = (await read_at_most(response, ANSWER_BYTES))[0][:BODY_CHARS].decode("utf-8", "replace").strip()
+                if 300 <= response.status < 400:  # noqa: PLR2004
+                    result = redirect_result(status=response.status, sink_url=self._url, location=response.headers.get("Location"))
+                else:
+                    result = classify_answer(response.status, answer, response.headers.get("Retry-After"))
         except TimeoutError:
             result, answer = SendResult(delivered=False, status=None, detail=f"timed out after {self._timeout.total:g}s"), ""
         except aiohttp.ClientError as exc:

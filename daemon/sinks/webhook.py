@@ -1,5 +1,8 @@
 """WebhookSink: POST the event, signed the Standard Webhooks way.
 
+Redirects are never followed (aiohttp would turn a 301/302 into a bodyless GET that
+"succeeds", or post the signed body to another host): a 3xx is a failed attempt.
+
 Headers ``webhook-id`` (the event id: receivers deduplicate on it),
 ``webhook-timestamp`` (send time, seconds) and ``webhook-signature``
 (``v1,<base64 HMAC-SHA256 of "id.timestamp.body">``, one per configured secret,
@@ -15,9 +18,10 @@ import time
 
 import aiohttp
 
+from daemon.httpio import read_at_most
 from daemon.model import Delivery
 from daemon.settings import SinkSettings
-from daemon.sinks import SendResult, parse_retry_after
+from daemon.sinks import ANSWER_BYTES, SendResult, parse_retry_after, redirect_result
 from daemon.voucherify import USER_AGENT
 
 GONE = 410
@@ -63,8 +67,10 @@ class WebhookSink:
         if self._secrets:
             headers["webhook-signature"] = sign_payload(secrets=self._secrets, msg_id=delivery.event_id, timestamp=timestamp, body=delivery.body)
         try:
-            async with self._session.post(self._url, data=delivery.body, headers=headers, timeout=self._timeout) as response:
-                await response.read()
+            async with self._session.post(self._url, data=delivery.body, headers=headers, timeout=self._timeout, allow_redirects=False) as response:
+                await read_at_most(response, ANSWER_BYTES)
+                if 300 <= response.status < 400:  # noqa: PLR2004
+                    return redirect_result(status=response.status, sink_url=self._url, location=response.headers.get("Location"))
                 return _classify(response.status, response.headers.get("Retry-After"))
         except TimeoutError:
             return SendResult(delivered=False, status=None, detail=f"timed out after {self._timeout.total:g}s")

@@ -105,6 +105,9 @@ CASES = [
     bad("api_max_attempts", "RELAY_API_MAX_ATTEMPTS", API_MAX_ATTEMPTS="0"),
     bad("api_max_attempts", "RELAY_API_MAX_ATTEMPTS", API_MAX_ATTEMPTS="11"),
     bad("api_max_attempts", "RELAY_API_MAX_ATTEMPTS", API_MAX_ATTEMPTS="2.5"),
+    bad("api_max_response_bytes", "RELAY_API_MAX_RESPONSE_BYTES", API_MAX_RESPONSE_BYTES="1048575"),  # below 1 MiB
+    bad("api_max_response_bytes", "RELAY_API_MAX_RESPONSE_BYTES", API_MAX_RESPONSE_BYTES="1073741825"),  # above 1 GiB
+    bad("api_max_response_bytes", "RELAY_API_MAX_RESPONSE_BYTES", API_MAX_RESPONSE_BYTES="16MB"),
     bad("list_page_size", "RELAY_LIST_PAGE_SIZE", LIST_PAGE_SIZE="0"),
     bad("list_page_size", "RELAY_LIST_PAGE_SIZE", LIST_PAGE_SIZE="101"),
     bad("list_page_size", "RELAY_LIST_PAGE_SIZE", LIST_PAGE_SIZE="ten"),
@@ -177,6 +180,27 @@ CASES = [
 ]
 
 
+# control characters would split a header or a request line: refused in every secret and URL
+CONTROL = [
+    ("voucherify_app_token", "RELAY_VOUCHERIFY_APP_TOKEN", {"VOUCHERIFY_APP_TOKEN": f"{APP_TOKEN}\r\nX-Injected: 1"}),
+    ("voucherify_app_token", "RELAY_VOUCHERIFY_APP_TOKEN", {"VOUCHERIFY_APP_TOKEN": f"{APP_TOKEN}\tx"}),
+    ("voucherify_app_id", "RELAY_VOUCHERIFY_APP_ID", {"VOUCHERIFY_APP_ID": "app-123\nX-Injected: 1"}),
+    ("voucherify_api_url", "RELAY_VOUCHERIFY_API_URL", {"VOUCHERIFY_API_URL": "https://api.voucherify.io/\r\nX: 1"}),
+    ("voucherify_api_url", "RELAY_VOUCHERIFY_API_URL", {"VOUCHERIFY_API_URL": "https://api.voucherify.io/\x7f"}),
+    ("webhook_url", "RELAY_WEBHOOK_URL", {"WEBHOOK_URL": "https://hooks.example.com/in\r\nX: 1"}),
+    ("webhook_secret", "RELAY_WEBHOOK_SECRET", {"WEBHOOK_SECRET": f"{WEBHOOK_SECRET}\t{WEBHOOK_SECRET}"}),
+    ("slack_webhook_url", "RELAY_SLACK_WEBHOOK_URL", {"SLACK_WEBHOOK_URL": f"{SLACK_URL}\n"}),
+    ("watch_token", "RELAY_WATCH_TOKEN", {"WATCH_TOKEN": "watch-token-0123456789\r\nabcdef"}),
+    ("state_url", "RELAY_STATE_URL", {"STATE_URL": "sqlite:///./relay\x00.db"}),
+    ("sinks.url", "RELAY_SINKS__OPS__URL", {"SINKS__OPS__URL": "https://ops.example.com/in\r\nX: 1"}),
+    ("sinks.secret", "RELAY_SINKS__OPS__SECRET", {"SINKS__OPS__SECRET": f"{WEBHOOK_SECRET}\r\n"}),
+]
+CASES += [
+    Bad(name, {**(SINK if name.startswith("sinks.") else {}), **{f"RELAY_{k}": v for k, v in overrides.items()}}, variable)
+    for name, variable, overrides in CONTROL
+]
+
+
 def _params() -> list[object]:
     return [pytest.param(case, id=case.id, marks=[pytest.mark.xfail(strict=True, reason=case.defect)] if case.defect else []) for case in CASES]
 
@@ -194,6 +218,26 @@ def test_bad_environment_is_refused_naming_the_variable(case, tmp_path):
     assert "\n" not in str(error)
     for secret in (APP_TOKEN, WEBHOOK_SECRET, WEBHOOK_SECRET.removeprefix("whsec_"), SLACK_URL):
         assert secret not in str(error)
+
+
+@pytest.mark.parametrize(
+    ("url", "shown"),
+    [
+        ("https://hooks.zapier.com/hooks/catch/123/abcdef/", "https://hooks.zapier.com/hooks/…"),
+        ("https://hooks.slack.com/services/T000/B000/XXXX", "https://hooks.slack.com/services/…"),
+        ("http://127.0.0.1:8080/hook", "http://127.0.0.1:8080/hook"),
+        ("https://ops.example.com/in?token=s3cret", "https://ops.example.com/in/…"),
+        ("https://user:pass@ops.example.com", "https://ops.example.com"),
+        ("http://[::1]:9000/a/b", "http://[::1]:9000/a/…"),
+    ],
+)
+@pytest.mark.parametrize("kind", ["webhook", "slack"])
+def test_a_sink_url_is_shown_without_its_secret_parts(url, shown, kind, tmp_path):
+    """Every sink kind shows scheme, host, port and at most the first path segment; a hiding display makes the URL a secret."""
+    env = {**base_env(tmp_path), "RELAY_SINKS__OPS__KIND": kind, "RELAY_SINKS__OPS__URL": url}
+    settings = load_settings(env)
+    assert settings.all_sinks()["ops"].display_url() == shown
+    assert (url in settings.secret_values()) == (shown != url)
 
 
 def test_the_base_environment_is_valid(tmp_path):
