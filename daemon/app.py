@@ -116,6 +116,7 @@ class Relay:
             budget=budget,
             retry=self._retry or RetryPolicy(max_attempts=self.settings.api_max_attempts),
             timeout_s=self.settings.api_timeout_s,
+            max_response_bytes=self.settings.api_max_response_bytes,
             on_request=(lambda at: self.store.record_api_calls([at])) if self.settings.api_budget_per_hour else None,
             blocked_until=float(self.store.load_meta(BLOCKED_UNTIL) or 0),
             on_blocked=lambda until: self.store.save_meta(BLOCKED_UNTIL, f"{until:.3f}"),

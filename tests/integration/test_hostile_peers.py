@@ -317,7 +317,7 @@ async def test_an_endless_api_body_is_a_bad_response_and_memory_stays_bounded(st
     """An endless Voucherify body fails the cycle naming RELAY_API_MAX_RESPONSE_BYTES, memory stays bounded, later events arrive."""
     front = await servers(endless(200), fallback=proxy(standin.base_url), times=2)
     action = standin.add_action("VOUCHERS.IMPORT")
-    env = relay_env(tmp_path, standin, receiver, voucherify_api_url=front.url)
+    env = relay_env(tmp_path, standin, receiver, voucherify_api_url=front.url, api_max_response_bytes=str(2 * MIB))
     with capture_logs() as logs, peak_rss_growth() as growth:
         async with running(load_settings(env)) as relay:
             await baseline(relay)
@@ -327,7 +327,7 @@ async def test_an_endless_api_body_is_a_bad_response_and_memory_stays_bounded(st
     assert peak < RSS_BOUND, f"peak RSS grew {peak / MIB:.0f} MiB"
     failed = [e["caused_by"] for e in logs if e["event"] == "poll.failed"]
     assert len(failed) == 2, failed
-    assert all(f"response body larger than RELAY_API_MAX_RESPONSE_BYTES ({16 * MIB} bytes)" in f for f in failed)
+    assert all(f"response body larger than RELAY_API_MAX_RESPONSE_BYTES ({2 * MIB} bytes)" in f for f in failed)
     print(f"endless API body: peak RSS +{peak / MIB:.1f} MiB, {len(front.requests)} requests, {len(receiver.delivered)} delivered")
 
 
