@@ -527,7 +527,7 @@ def _partial_customers_result() -> Json:
 
 
 def _parse_args(argv: list[str] | None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(prog="python -m daemon.standin", description=__doc__)
+    parser = argparse.ArgumentParser(prog="python -m daemon.demo.standin", description=__doc__)
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, default=8099)
     parser.add_argument("--app-id", default="demo-app")

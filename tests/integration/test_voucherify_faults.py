@@ -17,10 +17,10 @@ import pytest
 
 import daemon.app
 from daemon.app import Relay
+from daemon.demo.receiver import RecordingReceiver
+from daemon.demo.standin import VoucherifyStandIn
 from daemon.model import event_id_for
-from daemon.standin import VoucherifyStandIn
 from tests.conftest import until, watch_output
-from tests.fakes.receiver import RecordingReceiver
 from tests.integration.test_relay import FAST
 
 ACTIONS = 12
