@@ -219,10 +219,10 @@ def timed(fn: Callable[[], Any]) -> tuple[Any, float]:
 
 def sample_events(count: int, *, prefix: str = "aa_bench", start: int = 0) -> list[Any]:
     """Return ``count`` realistic completion events (the documented examples, rotated, fresh ids)."""
-    from daemon.demo.standin import _load_examples  # noqa: PLC0415 - the documented bodies, read-only
+    from daemon.demo.wire import load_examples  # noqa: PLC0415 - the documented bodies, read-only
     from daemon.normalize import normalize  # noqa: PLC0415
 
-    examples = list(_load_examples().values())
+    examples = list(load_examples().values())
     detected = datetime.now(UTC)
     events = []
     for n in range(start, start + count):

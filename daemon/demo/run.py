@@ -17,7 +17,8 @@ from pathlib import Path
 from typing import Any
 
 from daemon.demo.receiver import Received, RecordingReceiver
-from daemon.demo.standin import VoucherifyStandIn, play_demo_scenario
+from daemon.demo.scenario import play_demo_scenario
+from daemon.demo.standin import VoucherifyStandIn
 from daemon.lifecycle import run_relay
 from daemon.logs import configure_logging
 from daemon.settings import load_settings
