@@ -35,9 +35,9 @@ import aiohttp
 from bench.common import APP_ID, APP_TOKEN, Section, base_parser, env_int, finish, fmt, markdown_table, mean, percentile, quiet_logs
 from daemon.cadence import HOURS_PER_MONTH, Cadence, is_busy, next_poll
 from daemon.cadence import last_activity as cadence_last_activity
+from daemon.demo.standin import VoucherifyStandIn
 from daemon.model import TERMINAL_STATUSES, Event
 from daemon.poller import Poller
-from daemon.standin import VoucherifyStandIn
 from daemon.store.sqlite import SqliteStateStore
 from daemon.voucherify import VoucherifyClient
 

@@ -158,9 +158,9 @@ def stop_process(proc: subprocess.Popen[bytes], *, timeout_s: float = 10.0) -> i
 
 @contextlib.contextmanager
 def receiver_process(*, status: int = 204) -> Iterator[str]:
-    """Run bench/receiver.py in its own process; yield its hook URL."""
+    """Run the shared receiver (daemon/demo/receiver.py) in its own process; yield its hook URL."""
     port = free_port()
-    args = [sys.executable, "-m", "bench.receiver", "--port", str(port), "--status", str(status)]
+    args = [sys.executable, "-m", "daemon.demo.receiver", "--port", str(port), "--status", str(status)]
     with child_process(args, cwd=ROOT, env=child_env()):
         wait_for_port(port)
         yield f"http://{LOCALHOST}:{port}/hook"
@@ -219,10 +219,10 @@ def timed(fn: Callable[[], Any]) -> tuple[Any, float]:
 
 def sample_events(count: int, *, prefix: str = "aa_bench", start: int = 0) -> list[Any]:
     """Return ``count`` realistic completion events (the documented examples, rotated, fresh ids)."""
+    from daemon.demo.wire import load_examples  # noqa: PLC0415 - the documented bodies, read-only
     from daemon.normalize import normalize  # noqa: PLC0415
-    from daemon.standin import _load_examples  # noqa: PLC0415 - the documented bodies, read-only
 
-    examples = list(_load_examples().values())
+    examples = list(load_examples().values())
     detected = datetime.now(UTC)
     events = []
     for n in range(start, start + count):

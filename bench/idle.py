@@ -1,6 +1,6 @@
 """Idle cost: resident memory and CPU of the real ``voucherify-relay run`` with nothing to do.
 
-Three processes: the stand-in (``python -m daemon.standin --examples``: 22 finished
+Three processes: the stand-in (``python -m daemon.demo.standin --examples``: 22 finished
 actions, nothing in flight), a webhook receiver, and the relay as the CLI runs it
 (``python -m daemon run``, JSON logs to a file). A first run takes the baseline; the
 measured run restarts on the same state and, after its first poll and a short settle, the benchmark samples ``/proc/<pid>/status`` VmRSS every second and
@@ -152,7 +152,7 @@ def measure(*, window_s: float) -> Section:
     """Run each configuration against one stand-in and one receiver."""
     port = free_port()
     results = {}
-    standin = [sys.executable, "-m", "daemon.standin", "--port", str(port), "--examples", "--app-id", APP_ID, "--app-token", APP_TOKEN]
+    standin = [sys.executable, "-m", "daemon.demo.standin", "--port", str(port), "--examples", "--app-id", APP_ID, "--app-token", APP_TOKEN]
     with child_process(standin, cwd=ROOT, env=child_env()), receiver_process() as hook_url:
         wait_for_port(port)
         for name, overrides, share in CONFIGS:

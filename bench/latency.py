@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import asyncio
 import bisect
-import json
 import os
 import random
 import sys
@@ -29,7 +28,6 @@ from typing import Any
 if __package__ in (None, ""):
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from aiohttp import web
 
 from bench.common import (
     APP_ID,
@@ -48,9 +46,10 @@ from bench.common import (
 )
 from daemon.app import Relay
 from daemon.cadence import Cadence, next_poll
+from daemon.demo.receiver import RecordingReceiver
+from daemon.demo.standin import VoucherifyStandIn
 from daemon.model import Event
 from daemon.settings import load_settings
-from daemon.standin import VoucherifyStandIn
 
 EXAMPLES = ("CUSTOMERS.IMPORT_CSV", "PRODUCTS.IMPORT_CSV", "VOUCHERS.IMPORT_CSV", "SKUS.IMPORT_CSV")
 CONFIGS = (
@@ -59,30 +58,12 @@ CONFIGS = (
 )
 
 
-class ArrivalReceiver:
-    """A webhook receiver noting when each action's event first arrives."""
-
-    def __init__(self) -> None:
-        self.arrived: dict[str, float] = {}
-
-    async def start(self) -> str:
-        """Listen on a free loopback port; return the hook URL."""
-        app = web.Application()
-        app.router.add_post("/hook", self._hook)
-        self._runner = web.AppRunner(app, access_log=None)
-        await self._runner.setup()
-        await web.TCPSite(self._runner, "127.0.0.1", 0).start()
-        return f"http://127.0.0.1:{self._runner.addresses[0][1]}/hook"
-
-    async def close(self) -> None:
-        """Stop listening."""
-        await self._runner.cleanup()
-
-    async def _hook(self, request: web.Request) -> web.Response:
-        at = time.time()
-        body = json.loads(await request.read())
-        self.arrived.setdefault(str(body["data"]["id"]), at)
-        return web.Response(status=204)
+def first_arrivals(receiver: RecordingReceiver) -> dict[str, float]:
+    """Return when each action's event first reached the receiver."""
+    arrived: dict[str, float] = {}
+    for received in receiver.delivered:
+        arrived.setdefault(str(received.envelope["data"]["id"]), received.at)
+    return arrived
 
 
 def planned_lists_per_hour(env: dict[str, str]) -> float:
@@ -96,7 +77,7 @@ async def run_config(overrides: dict[str, str], *, actions: int, window_s: float
     """Run one relay configuration; return the latencies and the list rate."""
     standin = VoucherifyStandIn(app_id=APP_ID, app_token=APP_TOKEN)
     api_url = await standin.start()
-    receiver = ArrivalReceiver()
+    receiver = RecordingReceiver(default_status=204)
     hook_url = await receiver.start()
     ids = [standin.add_action(EXAMPLES[n % len(EXAMPLES)], status="IN_PROGRESS", progress=10) for n in range(actions)]
     detected: dict[str, float] = {}
@@ -121,17 +102,18 @@ async def run_config(overrides: dict[str, str], *, actions: int, window_s: float
                 await asyncio.sleep(max(0.0, started + offset - time.time()))
                 standin.complete_action(action_id, example=EXAMPLES[n % len(EXAMPLES)])
                 finished[action_id] = time.time()
-            await _until(lambda: len(receiver.arrived) >= actions, timeout_s=30)
+            await _until(lambda: len(first_arrivals(receiver)) >= actions, timeout_s=30)
             list_times = [r.at.timestamp() for r in standin.requests[lists_before:] if r.kind == "list"]
         finally:
             await relay.stop(grace_s=2)
             await receiver.close()
             await standin.close()
+    arrived = first_arrivals(receiver)
     return {
-        "latencies_s": [receiver.arrived[i] - finished[i] for i in ids if i in receiver.arrived],
+        "latencies_s": [arrived[i] - finished[i] for i in ids if i in arrived],
         "detect_s": [detected[i] - finished[i] for i in ids if i in detected],
         "next_list_s": [_next(list_times, finished[i]) - finished[i] for i in ids if i in detected],
-        "deliver_s": [receiver.arrived[i] - detected[i] for i in ids if i in detected and i in receiver.arrived],
+        "deliver_s": [arrived[i] - detected[i] for i in ids if i in detected and i in arrived],
         "lists_per_hour_measured": _rate_per_hour(list_times),
         "lists_per_hour_planned": planned_lists_per_hour(env),
         "gets": standin.count("get"),

@@ -76,7 +76,7 @@ def render(sections: list[Section], durations: dict[str, float], before: dict[st
         "# Performance",
         (
             "What the relay costs and how fast it is, measured on one machine in one run against the built-in Voucherify stand-in "
-            "(`daemon/standin.py`) and local webhook receivers; all traffic stays on 127.0.0.1. Every figure below was written by "
+            "(`daemon/demo/standin.py`) and local webhook receivers; all traffic stays on 127.0.0.1. Every figure below was written by "
             "`bench/run_all.py`; each benchmark is also runnable alone (`python -m bench.<name>`, see its `--help` for knobs). "
             "None of them is a timed unit test: they print figures, and the targets are the ones issue 6 set."
         ),

@@ -42,9 +42,9 @@ if __package__ in (None, ""):
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from bench.common import ROOT, Section, base_parser, child_env, env_float, env_int, finish, markdown_table
+from daemon.demo.receiver import RecordingReceiver, verify_signature
+from daemon.demo.standin import VoucherifyStandIn
 from daemon.model import event_id_for
-from daemon.standin import VoucherifyStandIn
-from tests.fakes.receiver import RecordingReceiver, verify_signature
 
 APP_ID = "soak-app"
 APP_TOKEN = "tok_soak_s3cr3t_0123456789abcdef"  # noqa: S105 - a stand-in credential, long enough for the daemon's redactor, and scanned for

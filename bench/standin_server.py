@@ -19,7 +19,7 @@ if __package__ in (None, ""):
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from bench.common import APP_ID, APP_TOKEN
-from daemon.standin import VoucherifyStandIn
+from daemon.demo.standin import VoucherifyStandIn
 
 TYPES = ("CUSTOMERS.IMPORT_CSV", "VOUCHERS.IMPORT_CSV", "PRODUCTS.IMPORT_CSV", "VOUCHERS.BULK_UPDATE")
 

@@ -71,7 +71,7 @@ def _dispatch(args: argparse.Namespace) -> int:
 
         return asyncio.run(send_test(_settings(require_api=False), only=args.sink))
     if args.command == "demo":
-        from daemon.demo import run_demo  # noqa: PLC0415 - the stand-in is only loaded for the demo
+        from daemon.demo.run import run_demo  # noqa: PLC0415 - the stand-in is only loaded for the demo
 
         return asyncio.run(run_demo(seconds=args.seconds, slack_json=args.slack))
     if args.outbox_command == "list":

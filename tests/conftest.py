@@ -9,9 +9,9 @@ from pathlib import Path
 
 import pytest
 
+from daemon.demo.receiver import RecordingReceiver
+from daemon.demo.standin import VoucherifyStandIn
 from daemon.settings import RelaySettings, load_settings
-from daemon.standin import VoucherifyStandIn
-from tests.fakes.receiver import RecordingReceiver
 from tests.fakes.slack import HOOK_PATH as FAKE_SLACK_HOOK_PATH
 
 APP_TOKEN = "tok_live_s3cr3t_0123456789abcdef"

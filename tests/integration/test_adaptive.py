@@ -26,7 +26,7 @@ async def test_idle_relay_polls_slowly_and_wakes_on_activity(standin, receiver, 
 
 async def test_low_rate_limit_remaining_slows_down(standin, receiver, make_settings):
     """When X-Rate-Limit-Remaining drops under a tenth of the limit, the relay polls at the idle pace."""
-    standin._rate_limit = 30  # the stand-in as a project with 30 requests a minute
+    standin.rate_limit.per_minute = 30  # the stand-in as a project with 30 requests a minute
     standin.add_action(status="IN_PROGRESS")  # busy: would poll every 0.1 s
     async with running(make_settings(poll_interval="0.1", idle_poll_interval="0.5")) as relay:
         await until(lambda: relay._pace_reason == "rate_limit", timeout_s=10)

@@ -9,8 +9,9 @@ import pytest
 from aiohttp import web
 from structlog.testing import capture_logs
 
+from daemon.demo.standin import VoucherifyStandIn
+from daemon.demo.wire import json_response
 from daemon.model import event_id_for
-from daemon.standin import VoucherifyStandIn, json_response
 from tests.conftest import APP_TOKEN, until
 from tests.integration.test_relay import baseline, running
 

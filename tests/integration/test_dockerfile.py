@@ -230,7 +230,7 @@ def test_install_steps_work_in_a_fresh_venv(tmp_path):
     check = (
         "import importlib, pkgutil, daemon, importlib.resources as r;"
         "[importlib.import_module(m.name) for m in pkgutil.walk_packages(daemon.__path__, 'daemon.') if not m.name.endswith('__main__')];"
-        "assert r.files('daemon').joinpath('voucherify_examples.json').is_file();"
+        "assert r.files('daemon.demo').joinpath('voucherify_examples.json').is_file();"
         "print(daemon.__file__)"
     )
     imported = subprocess.run([python, "-c", check], cwd=tmp_path, env=clean_env, capture_output=True, text=True, timeout=60, check=False)  # noqa: S603

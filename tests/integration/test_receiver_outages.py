@@ -6,9 +6,9 @@ from collections import defaultdict
 
 from structlog.testing import capture_logs
 
+from daemon.demo.receiver import verify_signature
 from daemon.model import event_id_for
 from tests.conftest import WEBHOOK_SECRET, until
-from tests.fakes.receiver import verify_signature
 from tests.integration.test_relay import baseline, running
 
 

@@ -3,16 +3,15 @@
 from __future__ import annotations
 
 import asyncio
-
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from datetime import UTC, datetime, timedelta
 
 from daemon.app import Relay
+from daemon.demo.receiver import verify_signature
 from daemon.settings import RelaySettings
 from daemon.voucherify import RetryPolicy
 from tests.conftest import WEBHOOK_SECRET, until, watch_output
-from tests.fakes.receiver import verify_signature
 
 FAST = RetryPolicy(max_attempts=3, backoff_max_s=0.05, backoff_multiplier_s=0.01)
 

@@ -8,10 +8,10 @@ from datetime import UTC, datetime
 
 import pytest
 
+from daemon.demo.receiver import RecordingReceiver
 from daemon.model import event_id_for
 from daemon.slack import validate_message
 from tests.conftest import until
-from tests.fakes.receiver import RecordingReceiver
 from tests.fakes.slack import FakeSlack
 from tests.integration.test_relay import baseline, running
 
@@ -48,7 +48,7 @@ def standin_examples() -> list[str]:
     import json  # noqa: PLC0415
     from pathlib import Path  # noqa: PLC0415
 
-    return list(json.loads((Path(__file__).parents[2] / "daemon" / "voucherify_examples.json").read_text()))
+    return list(json.loads((Path(__file__).parents[2] / "daemon" / "demo" / "voucherify_examples.json").read_text()))
 
 
 async def test_a_burst_of_fifty_completions_all_arrive_paced(standin, receiver, make_settings, slack):

@@ -22,7 +22,7 @@ from tests.fakes.slack import HOOK_PATH, FakeSlack
 if TYPE_CHECKING:
     from collections.abc import AsyncIterator, Callable
 
-EXAMPLES = json.loads((Path(__file__).parents[2] / "daemon" / "voucherify_examples.json").read_text())
+EXAMPLES = json.loads((Path(__file__).parents[2] / "daemon" / "demo" / "voucherify_examples.json").read_text())
 SECRET = HOOK_PATH.rsplit("/", 1)[-1]
 FAST_S = 0.05
 

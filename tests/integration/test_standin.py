@@ -11,7 +11,9 @@ from typing import TYPE_CHECKING, Any
 import aiohttp
 import pytest
 
-from daemon.standin import VoucherifyStandIn, documented_example, play_demo_scenario
+from daemon.demo.scenario import play_demo_scenario
+from daemon.demo.standin import VoucherifyStandIn
+from daemon.demo.wire import documented_example
 
 if TYPE_CHECKING:
     from collections.abc import AsyncIterator

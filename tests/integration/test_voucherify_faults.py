@@ -17,10 +17,10 @@ import pytest
 
 import daemon.app
 from daemon.app import Relay
+from daemon.demo.receiver import RecordingReceiver
+from daemon.demo.standin import VoucherifyStandIn
 from daemon.model import event_id_for
-from daemon.standin import VoucherifyStandIn
 from tests.conftest import until, watch_output
-from tests.fakes.receiver import RecordingReceiver
 from tests.integration.test_relay import FAST
 
 ACTIONS = 12
@@ -119,7 +119,7 @@ async def test_the_relay_survives_api_faults(case, standin, receiver: RecordingR
         standin.complete_action(late, result={"message": "done", "done_count": 1, "failed_count": 0})
         expected[late] = event_id_for(late, "async_action.completed")
         await until(lambda: set(expected.values()) <= receiver.delivered_ids(), timeout_s=15)
-        assert standin._faults == [], "every injected fault was hit"
+        assert standin.faults.pending == (), "every injected fault was hit"
         lists = standin.count("list")
         await until(lambda: standin.count("list") >= lists + 3)  # a few clean cycles: nothing false comes late
         assert relay._scheduler.running

@@ -11,7 +11,7 @@ import pytest
 from daemon.model import event_id_for
 from daemon.normalize import MAX_FAILURE_ROWS, describe, normalize, outcome_of
 
-EXAMPLES = json.loads((Path(__file__).parents[2] / "daemon" / "voucherify_examples.json").read_text())
+EXAMPLES = json.loads((Path(__file__).parents[2] / "daemon" / "demo" / "voucherify_examples.json").read_text())
 NOW = datetime(2026, 11, 23, 12, 0, tzinfo=UTC)
 REQUIRED = {
     "id", "type", "status", "operation_status", "outcome", "message", "done_count", "failed_count", "failures",

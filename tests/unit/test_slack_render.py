@@ -26,7 +26,7 @@ from daemon.slack import (
     validate_message,
 )
 
-EXAMPLES = json.loads((Path(__file__).parents[2] / "daemon" / "voucherify_examples.json").read_text())
+EXAMPLES = json.loads((Path(__file__).parents[2] / "daemon" / "demo" / "voucherify_examples.json").read_text())
 NOW = datetime(2026, 11, 23, 12, 0, tzinfo=UTC)
 EMOJI = {"success": ":white_check_mark:", "partial": ":warning:", "failure": ":x:"}
 

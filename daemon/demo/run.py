@@ -9,52 +9,30 @@ from __future__ import annotations
 import asyncio
 import base64
 import contextlib
-import hmac
 import json
 import os
 import tempfile
 import time
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from aiohttp import web
-
+from daemon.demo.receiver import Received, RecordingReceiver
+from daemon.demo.scenario import play_demo_scenario
+from daemon.demo.standin import VoucherifyStandIn
 from daemon.lifecycle import run_relay
 from daemon.logs import configure_logging
 from daemon.settings import load_settings
-from daemon.sinks.webhook import sign_payload
 from daemon.slack import render_message, render_text
-from daemon.standin import VoucherifyStandIn, play_demo_scenario
 from daemon.voucherify import RetryPolicy
 
 DEMO_POLL_S = 0.5
 EXPECTED_EVENTS = 4
 
 
-@dataclass
-class DemoReceiver:
-    """A webhook receiver that checks signatures and prints what arrives."""
-
-    secret: bytes
-    slack_json: bool = False
-    received: list[dict[str, Any]] = field(default_factory=list)
-    bad_signatures: int = 0
-    arrived: asyncio.Event = field(default_factory=asyncio.Event)
-
-    async def handle(self, request: web.Request) -> web.Response:
-        """Verify and print one event."""
-        body = await request.read()
-        msg_id, stamp = request.headers.get("webhook-id", ""), request.headers.get("webhook-timestamp", "0")
-        expected = sign_payload(secrets=[self.secret], msg_id=msg_id, timestamp=int(stamp), body=body)
-        valid = any(hmac.compare_digest(expected, sig) for sig in request.headers.get("webhook-signature", "").split())
-        self.bad_signatures += 0 if valid else 1
-        envelope = json.loads(body)
-        self.received.append(envelope)
-        print_event(envelope, msg_id=msg_id, signature_ok=valid)
-        print_slack(envelope, as_json=self.slack_json)
-        self.arrived.set()
-        return web.Response(status=204)
+def print_delivery(received: Received, *, slack_json: bool) -> None:
+    """Print one delivered event and what a Slack sink would post for it."""
+    print_event(received.envelope, msg_id=received.event_id, signature_ok=bool(received.signature_ok))
+    print_slack(received.envelope, as_json=slack_json)
 
 
 def print_event(envelope: dict[str, Any], *, msg_id: str, signature_ok: bool) -> None:
@@ -82,24 +60,13 @@ def print_slack(envelope: dict[str, Any], *, as_json: bool) -> None:
     print("       Slack preview: " + render_text(envelope).splitlines()[0])
 
 
-async def _serve(receiver: DemoReceiver) -> tuple[web.AppRunner, str]:
-    app = web.Application()
-    app.router.add_post("/hooks/voucherify", receiver.handle)
-    runner = web.AppRunner(app, access_log=None)
-    await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", 0)
-    await site.start()
-    port = runner.addresses[0][1]
-    return runner, f"http://127.0.0.1:{port}/hooks/voucherify"
-
-
 async def run_demo(*, seconds: float | None = None, slack_json: bool = False) -> int:
     """Play the show; return 0 when every expected event arrived with a valid signature."""
-    secret_key = os.urandom(24)
-    receiver = DemoReceiver(secret=secret_key, slack_json=slack_json)
+    secret = "whsec_" + base64.b64encode(os.urandom(24)).decode()
+    receiver = RecordingReceiver(secret=secret, path="/hooks/voucherify", on_delivery=lambda r: print_delivery(r, slack_json=slack_json))
     standin = VoucherifyStandIn()
     base_url = await standin.start()
-    runner, hook_url = await _serve(receiver)
+    hook_url = await receiver.start()
     history = [standin.add_action("VOUCHERS.IMPORT_CSV", status="DONE", progress=100) for _ in range(3)]
     with tempfile.TemporaryDirectory(prefix="voucherify-relay-demo-") as tmp:
         env = {
@@ -111,7 +78,7 @@ async def run_demo(*, seconds: float | None = None, slack_json: bool = False) ->
             "RELAY_IDLE_POLL_INTERVAL": str(DEMO_POLL_S),
             "RELAY_STATE_URL": f"sqlite:///{tmp}/demo.db",
             "RELAY_WEBHOOK_URL": hook_url,
-            "RELAY_WEBHOOK_SECRET": "whsec_" + base64.b64encode(secret_key).decode(),
+            "RELAY_WEBHOOK_SECRET": secret,
             "RELAY_LOG_LEVEL": "warning",
             "RELAY_HTTP_LISTEN": "off",
         }
@@ -126,17 +93,17 @@ async def run_demo(*, seconds: float | None = None, slack_json: bool = False) ->
         await _wait_for_events(receiver, deadline=started + (seconds or 30))
         stop.set()
         await relay
-    await runner.cleanup()
+    await receiver.close()
     calls = {path: standin.count(path) for path in ("list", "get")}
     await standin.close()
     return _summary(receiver, calls)
 
 
-async def _wait_for_events(receiver: DemoReceiver, *, deadline: float) -> None:
-    while len(receiver.received) < EXPECTED_EVENTS and time.monotonic() < deadline:
-        receiver.arrived.clear()
+async def _wait_for_events(receiver: RecordingReceiver, *, deadline: float) -> None:
+    while len(receiver.delivered) < EXPECTED_EVENTS and time.monotonic() < deadline:
+        receiver.changed.clear()
         with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(receiver.arrived.wait(), timeout=max(0.1, deadline - time.monotonic()))
+            await asyncio.wait_for(receiver.changed.wait(), timeout=max(0.1, deadline - time.monotonic()))
     await asyncio.sleep(DEMO_POLL_S)
 
 
@@ -147,8 +114,8 @@ def _print_intro(base_url: str, hook_url: str, history: int) -> None:
     print(f"  relay                polls every {DEMO_POLL_S}s, state in a temporary SQLite file\n")
 
 
-def _summary(receiver: DemoReceiver, calls: dict[str, int]) -> int:
-    got = len(receiver.received)
+def _summary(receiver: RecordingReceiver, calls: dict[str, int]) -> int:
+    got = len(receiver.delivered)
     print(f"\n{got} event(s) received, {receiver.bad_signatures} bad signature(s).")
     print(f"Voucherify API calls: {calls['list']} list + {calls['get']} get (one GET per finished action, one list per poll).")
     print("Next: `voucherify-relay check` with your keys, then `voucherify-relay run`. See README.md.")
