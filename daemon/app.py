@@ -10,7 +10,7 @@ import asyncio
 import time
 from collections.abc import Callable, Coroutine, Mapping, Sequence
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, Literal
 
 import aiohttp
 import structlog
@@ -58,9 +58,9 @@ def route_event(specs: Mapping[str, SinkSettings], event: Event) -> list[str]:
     return [name for name, spec in specs.items() if spec.accepts(action_type=action_type, outcome=outcome)]
 
 
-def open_store(settings: RelaySettings) -> SqliteStateStore:
-    """Open the state database named by RELAY_STATE_URL."""
-    return SqliteStateStore(settings.state_path)
+def open_store(settings: RelaySettings, *, mode: Literal["rwc", "rw", "ro"] = "rwc") -> SqliteStateStore:
+    """Open the state database named by RELAY_STATE_URL (``ro``/``rw``: only an existing one)."""
+    return SqliteStateStore(settings.state_path, mode=mode)
 
 
 class Relay:
@@ -82,6 +82,8 @@ class Relay:
         self._last_tick = time.monotonic()
         self._poll_started: float | None = None
         self._stopping = False
+        self._store_write_error: str | None = None
+        self._file_problem: str | None = None
         self._seen_events: list[Event] = []
         self._health: HealthServer | None = None
         self.http_port: int | None = None
@@ -132,7 +134,9 @@ class Relay:
             stuck_after=self.settings.stuck_after or None,
         )
         policy = DeliveryPolicy(max_delay_s=self.settings.delivery_retry_max_delay, max_age_s=self.settings.delivery_max_age.total_seconds())
-        self.dispatcher = Dispatcher(store=self.store, sinks=self.sinks, policy=policy, on_result=self.metrics.delivery_result)
+        self.dispatcher = Dispatcher(
+            store=self.store, sinks=self.sinks, policy=policy, on_result=self.metrics.delivery_result, on_store_failed=self.metrics.store_write_failed
+        )
         self.dispatcher.start()
         self.metrics.declare_sinks(self.sinks)
         self.metrics.watch(outbox_stats=self.store.outbox_stats, ready=self.ready)
@@ -173,9 +177,29 @@ class Relay:
         return liveness(self._last_tick, now=time.monotonic(), scheduler_running=running, poll_started_at=self._poll_started)
 
     def ready(self) -> tuple[bool, str]:
-        """Whether a poll succeeded recently and the keys are accepted (for /readyz)."""
+        """Whether a poll succeeded recently, the keys are accepted and the state database works (for /readyz)."""
         interval = max(self.settings.poll_interval, self._interval_s)
-        return readiness(self.last_poll_ok_at, now=time.time(), poll_interval_s=interval, auth_failed=self._auth_failures > 0, stopping=self._stopping)
+        return readiness(
+            self.last_poll_ok_at,
+            now=time.time(),
+            poll_interval_s=interval,
+            auth_failed=self._auth_failures > 0,
+            stopping=self._stopping,
+            store_problem=self._store_problem(),
+        )
+
+    def _store_problem(self) -> str | None:
+        if self._store_file_gone():
+            return f"{self._file_problem}; polling and deliveries stopped: restore it or restart the relay"
+        cause = self._store_write_error or self.dispatcher.store_failure()
+        return None if cause is None else f"cannot write the state database ({cause})"
+
+    def _store_file_gone(self) -> bool:
+        """Whether the database file was deleted or replaced under us (logged once; it stays so until restart)."""
+        if self._file_problem is None and (problem := self.store.file_problem()) is not None:
+            self._file_problem = problem
+            log.error("store.file_replaced", path=str(self.store.path), problem=problem, hint="polling and deliveries stop; restart the relay")
+        return self._file_problem is not None
 
     def route(self, event: Event) -> Sequence[str]:
         """Return the sinks an event goes to."""
@@ -200,7 +224,7 @@ class Relay:
 
     async def poll(self) -> None:
         """Run one poll cycle; log its outcome; never raise."""
-        if time.time() < self._resume_at:
+        if time.time() < self._resume_at or self._store_file_gone():
             return
         self._poll_started = started = time.monotonic()
         self._seen_events.clear()
@@ -215,6 +239,7 @@ class Relay:
             self.metrics.observe_api_calls(self.client.calls)
             self.metrics.set_rate_limit_remaining(self.client.rate_limit_remaining)
         self._auth_failures = 0
+        self._store_write_error = None
         self.last_poll, self.last_poll_ok_at = report, time.time()
         self.metrics.observe_poll(report, duration_s=time.monotonic() - started)
         for event in self._seen_events:
@@ -233,6 +258,7 @@ class Relay:
         elif isinstance(exc, VoucherifyError):
             log.warning("poll.failed", caused_by=str(exc), hint="retried next cycle")
         elif isinstance(exc, StoreError):
+            self._store_write_error = str(exc)
             log.error("poll.store_failed", caused_by=str(exc))
         else:
             log.error("poll.crashed", exc_info=exc)
@@ -307,7 +333,8 @@ class Relay:
     async def dispatch(self) -> None:
         """Start draining sinks with due deliveries; each drains on its own task."""
         self._last_tick = time.monotonic()
-        self.dispatcher.kick()
+        if not self._store_file_gone():
+            self.dispatcher.kick()
 
     async def prune(self) -> None:
         """Delete delivered rows and terminal actions older than RELAY_RETENTION."""
@@ -321,20 +348,22 @@ class Relay:
             log.info("prune.completed", deliveries=deliveries, actions=actions)
 
     async def stop(self, *, grace_s: float = SHUTDOWN_GRACE_S) -> None:
-        """Stop scheduling, let running jobs finish within the grace period, close everything."""
+        """Stop scheduling and claiming; let running polls and sends finish within the grace period; record their answers; close."""
         self._stopping = True
         if self._scheduler.running:
             self._scheduler.shutdown(wait=False)
-        deadline = time.monotonic() + grace_s
+        sends = asyncio.create_task(self.dispatcher.stop(grace_s=grace_s))
         running = [t for t in self._tasks if not t.done()]
         if running:
             _, pending = await asyncio.wait(running, timeout=grace_s)
             for task in pending:
                 task.cancel()
-        if not await self.dispatcher.wait_idle(max(0.0, deadline - time.monotonic())):
-            cancelled = self.dispatcher.cancel()
-            await self.dispatcher.wait_idle()
-            log.warning("relay.shutdown_cancelled", drains=cancelled, hint="unsent deliveries stay due in the outbox")
+        cut = await sends
+        if cut:
+            log.warning("relay.shutdown_cut", sends=cut, grace_s=grace_s, hint="sends unanswered within the grace period stay due and are sent again")
+        unrecorded = self.dispatcher.flush_unrecorded()
+        if unrecorded:
+            log.error("relay.results_unrecorded", rows=unrecorded, hint="the state database could not be written; these rows are sent once more after restart")
         await self._close_resources()
         log.info("relay.stopped")
 

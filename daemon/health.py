@@ -51,14 +51,24 @@ def stale_after_s(poll_interval_s: float) -> float:
     return max(STALE_AFTER_POLLS * poll_interval_s, MIN_STALE_AFTER_S)
 
 
-def readiness(last_ok_at: float | None, *, now: float, poll_interval_s: float, auth_failed: bool, stopping: bool = False) -> tuple[bool, str]:
-    """Decide readiness: not stopping, credentials accepted, a poll succeeded within ``stale_after_s``.
+def readiness(
+    last_ok_at: float | None,
+    *,
+    now: float,
+    poll_interval_s: float,
+    auth_failed: bool,
+    stopping: bool = False,
+    store_problem: str | None = None,
+) -> tuple[bool, str]:
+    """Decide readiness: not stopping, the state database works, credentials accepted, a poll succeeded within ``stale_after_s``.
 
     ``poll_interval_s`` is the longest interval the scheduler may be using now (the idle
     interval, when the relay has slowed down), so slowing down never reads as an outage.
     """
     if stopping:
         return False, "shutting down"
+    if store_problem is not None:
+        return False, store_problem
     if auth_failed:
         return False, "Voucherify refused the credentials (wrong keys or wrong cluster)"
     if last_ok_at is None:

@@ -93,6 +93,9 @@ class RelayMetrics:
         )
         self.in_flight = Gauge(f"{PREFIX}_actions_in_flight", "Actions seen in progress in the last successful poll.", registry=reg)
         self.deliveries = PromCounter(f"{PREFIX}_deliveries", "Delivery attempts by sink and result.", ["sink", "result"], registry=reg)
+        self.store_write_failures = PromCounter(
+            f"{PREFIX}_store_write_failures", "Batches of delivery results the state database refused (the sink pauses and retries).", ["sink"], registry=reg
+        )
         self.last_success = Gauge(
             f"{PREFIX}_last_successful_poll_timestamp_seconds", "Unix time of the last successful poll (0 until one succeeds).", registry=reg
         )
@@ -139,10 +142,15 @@ class RelayMetrics:
         for name in names:
             for result in DELIVERY_RESULTS:
                 self.deliveries.labels(sink=clip_label(name), result=result)
+            self.store_write_failures.labels(sink=clip_label(name))
 
     def delivery_result(self, sink: str, outcome: str) -> None:
         """Count one delivery attempt's result (the Dispatcher's ``on_result`` callback)."""
         self.deliveries.labels(sink=clip_label(sink), result=clip_label(outcome)).inc()
+
+    def store_write_failed(self, sink: str) -> None:
+        """Count a batch of delivery results that could not be written (the Dispatcher's ``on_store_failed`` callback)."""
+        self.store_write_failures.labels(sink=clip_label(sink)).inc()
 
     def watch(self, *, outbox_stats: Callable[[], OutboxStats], ready: Callable[[], tuple[bool, str]] | None = None) -> None:
         """Read outbox depth (and readiness) through these callables at every scrape."""

@@ -5,6 +5,12 @@ second) never holds up another. Within a sink, sends run concurrently up to its
 ``max_concurrency``. The next attempt time is persisted, so backoff survives
 restarts; a row being sent when the process dies is simply due again (and sent again
 with the same event id).
+
+When the answers of a batch cannot be recorded (a full disk, say), that sink stops
+sending: its claimed rows are still pending in the database, so sending on would resend
+them every second. It keeps the answers in memory and tries to write them again with a
+capped exponential backoff; once that works it goes on. ``stop()`` stops claiming, lets
+in-flight sends finish within the grace period and records every answer it got.
 """
 
 from __future__ import annotations
@@ -17,6 +23,7 @@ from dataclasses import dataclass, field
 
 import structlog
 
+from daemon.errors import StoreError
 from daemon.model import Delivery
 from daemon.sinks import SendResult, Sink
 from daemon.store import AttemptResults, StateStore
@@ -25,6 +32,7 @@ log = structlog.get_logger("daemon.outbox")
 BASE_DELAY_S = 1.0
 MAX_RETRY_AFTER_S = 3600.0
 MIN_RETRY_AFTER_S = 0.25  # "Retry-After: 0" must not become a hot loop
+STORE_BACKOFF_S = (1.0, 60.0)  # first and longest pause after the results of a batch could not be written
 
 
 @dataclass(frozen=True, slots=True)
@@ -52,6 +60,16 @@ class _Plan:
     dead: list[tuple[int, str]] = field(default_factory=list)
 
 
+@dataclass(frozen=True, slots=True)
+class _Unrecorded:
+    """Answers a sink got but could not write yet, and when to try writing them again."""
+
+    results: AttemptResults
+    cause: str
+    delay_s: float
+    retry_at: float  # on time.monotonic()
+
+
 @dataclass
 class DispatchStats:
     """Counters since start, for logs and metrics."""
@@ -72,14 +90,19 @@ class Dispatcher:
         policy: DeliveryPolicy,
         clock: Callable[[], float] = time.time,
         on_result: Callable[[str, str], None] | None = None,
+        on_store_failed: Callable[[str], None] | None = None,
     ) -> None:
         self._store = store
         self._sinks = sinks
         self._policy = policy
         self._clock = clock
         self._on_result = on_result
+        self._on_store_failed = on_store_failed
         self._drains: dict[str, asyncio.Task[None]] = {}
+        self._sends: set[asyncio.Task[SendResult | None]] = set()
+        self._unrecorded: dict[str, _Unrecorded] = {}
         self._gone: set[str] = set()
+        self._closing = False
         self.stats = DispatchStats()
 
     def start(self) -> None:
@@ -90,6 +113,8 @@ class Dispatcher:
 
     def kick(self) -> None:
         """Start draining every sink that is not draining already; return at once."""
+        if self._closing:
+            return
         for name, sink in self._sinks.items():
             task = self._drains.get(name)
             if task is None or task.done():
@@ -108,6 +133,29 @@ class Dispatcher:
         _, pending = await asyncio.wait(running, timeout=timeout_s)
         return not pending
 
+    def store_failure(self) -> str | None:
+        """Return why delivery results cannot be written now (None when they can)."""
+        return next((u.cause for u in self._unrecorded.values()), None)
+
+    async def stop(self, *, grace_s: float) -> int:
+        """Stop claiming; let in-flight sends finish within ``grace_s``; record their answers; return how many were cut off."""
+        self._closing = True
+        if await self.wait_idle(grace_s):
+            return 0
+        cut = [task for task in self._sends if not task.done()]
+        for task in cut:
+            task.cancel()  # the drain still records the answers it has, then ends
+        if not await self.wait_idle(grace_s):
+            self.cancel()
+            await self.wait_idle()
+        return len(cut)
+
+    def flush_unrecorded(self) -> int:
+        """Try once more to write answers held back by a store failure; return how many rows stay unrecorded."""
+        for name in list(self._unrecorded):
+            self._record(name, self._unrecorded[name].results)
+        return sum(len(u.results.delivered) + len(u.results.retries) + len(u.results.dead) for u in self._unrecorded.values())
+
     def cancel(self) -> int:
         """Cancel running drains (shutdown after the grace period); their rows stay due."""
         running = [t for t in self._drains.values() if not t.done()]
@@ -118,14 +166,13 @@ class Dispatcher:
     async def _drain(self, name: str, sink: Sink) -> None:
         limit = asyncio.Semaphore(sink.max_concurrency)
         try:
-            while batch := self._store.claim_due(now=self._clock(), limit=self._policy.batch_size, sink=name):
+            if not self._retry_unrecorded(name):
+                return
+            while not self._closing and (batch := self._store.claim_due(now=self._clock(), limit=self._policy.batch_size, sink=name)):
                 started = time.monotonic()
-                answers = await asyncio.gather(*(self._send(sink, d, limit) for d in batch))
-                plan = _Plan()
-                now = self._clock()
-                for delivery, result in zip(batch, answers, strict=True):
-                    self._decide(delivery, result, plan, now=now)
-                self._store.apply_results(AttemptResults(delivered=plan.delivered, retries=plan.retries, dead=plan.dead), now=now)
+                plan = await self._attempt(sink, batch, limit)
+                if not self._record(name, AttemptResults(delivered=plan.delivered, retries=plan.retries, dead=plan.dead)):
+                    return
                 log.info(
                     "dispatch.batch",
                     sink=name,
@@ -137,11 +184,57 @@ class Dispatcher:
         except Exception:
             log.exception("dispatch.crashed", sink=name)
 
-    async def _send(self, sink: Sink, delivery: Delivery, limit: asyncio.Semaphore) -> SendResult:
+    async def _attempt(self, sink: Sink, batch: list[Delivery], limit: asyncio.Semaphore) -> _Plan:
+        """Send a batch; decide on every answer. A send not started (closing) or cut off leaves its row untouched."""
+        sends = [asyncio.create_task(self._send(sink, d, limit)) for d in batch]
+        self._sends.update(sends)
+        try:
+            answers = await asyncio.gather(*sends, return_exceptions=True)
+        finally:
+            self._sends.difference_update(sends)
+        plan, now = _Plan(), self._clock()
+        for delivery, answer in zip(batch, answers, strict=True):
+            if isinstance(answer, SendResult):
+                self._decide(delivery, answer, plan, now=now)
+            elif isinstance(answer, Exception):
+                log.error("delivery.crashed", sink=delivery.sink, event_id=delivery.event_id, caused_by=repr(answer))
+        return plan
+
+    async def _send(self, sink: Sink, delivery: Delivery, limit: asyncio.Semaphore) -> SendResult | None:
         if delivery.sink in self._gone:
             return SendResult(delivered=False, status=None, detail="sink answered 410 Gone earlier; fix it, then `outbox replay --dead`", gone=True)
         async with limit:
+            if self._closing:
+                return None
             return await sink.send(delivery)
+
+    def _retry_unrecorded(self, name: str) -> bool:
+        """Write answers held back by a store failure once their backoff has passed; True when none are left."""
+        held = self._unrecorded.get(name)
+        if held is None:
+            return True
+        if time.monotonic() < held.retry_at:
+            return False
+        return self._record(name, held.results)
+
+    def _record(self, name: str, results: AttemptResults) -> bool:
+        """Write a batch's answers; on a store failure hold them and pause this sink. Return whether they were written."""
+        try:
+            self._store.apply_results(results, now=self._clock())
+        except StoreError as exc:
+            self._hold(name, results, cause=str(exc))
+            return False
+        if self._unrecorded.pop(name, None) is not None:
+            log.info("dispatch.store_recovered", sink=name, rows=len(results.delivered) + len(results.retries) + len(results.dead))
+        return True
+
+    def _hold(self, name: str, results: AttemptResults, *, cause: str) -> None:
+        earlier = self._unrecorded.get(name)
+        delay = STORE_BACKOFF_S[0] if earlier is None else min(STORE_BACKOFF_S[1], earlier.delay_s * 2)
+        self._unrecorded[name] = _Unrecorded(results=results, cause=cause, delay_s=delay, retry_at=time.monotonic() + delay)
+        log.error("dispatch.store_failed", sink=name, caused_by=cause, retry_in_s=delay, hint="sending to this sink is paused until its results can be written")
+        if self._on_store_failed:
+            self._on_store_failed(name)
 
     def _decide(self, delivery: Delivery, result: SendResult, plan: _Plan, *, now: float) -> None:
         if result.delivered:

@@ -3,6 +3,10 @@
 Calls are synchronous and short (indexed reads, small writes); the daemon makes them
 from its event loop. Each poll cycle's state changes and outbox rows are one
 transaction, so a crash at any point either keeps both or neither.
+
+``mode`` follows SQLite's URI modes: ``rwc`` (the daemon) creates a missing file, ``rw``
+and ``ro`` (the outbox commands) never do. The file's identity (device, inode) is kept at
+open, so a file deleted or replaced under a running relay is noticed (``file_problem``).
 """
 
 from __future__ import annotations
@@ -11,6 +15,7 @@ import sqlite3
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Literal
 
 from daemon.errors import StoreError
 from daemon.model import ActionSnapshot, Delivery, Event
@@ -60,21 +65,42 @@ _OUTBOX_COLUMNS = "row_id, event_id, event_type, sink, action_id, status, attemp
 class SqliteStateStore:
     """StateStore on SQLite (WAL)."""
 
-    def __init__(self, path: Path) -> None:
+    def __init__(self, path: Path, *, mode: Literal["rwc", "rw", "ro"] = "rwc") -> None:
         self.path = path
+        if mode != "rwc" and not path.exists():
+            msg = f"no state database at {path} (RELAY_STATE_URL); the relay creates it on its first run"
+            raise StoreError(msg)
         with self._errors("open"):
-            path.parent.mkdir(parents=True, exist_ok=True)
-            self._db = sqlite3.connect(path, isolation_level=None, timeout=5.0)
+            if mode == "rwc":
+                path.parent.mkdir(parents=True, exist_ok=True)
+            self._db = sqlite3.connect(f"{path.absolute().as_uri()}?mode={mode}", uri=True, isolation_level=None, timeout=5.0)
+            self._identity = _identity(path)
+            if mode == "ro":
+                self._check_version()
+                return
             self._db.execute("PRAGMA journal_mode=WAL").fetchone()
             self._db.execute("PRAGMA synchronous=NORMAL")
             self._db.execute("PRAGMA foreign_keys=ON")
             self._migrate()
 
-    def _migrate(self) -> None:
+    def file_problem(self) -> str | None:
+        """Return what happened to the database file since it was opened (deleted, replaced), or None."""
+        try:
+            now = _identity(self.path)
+        except FileNotFoundError:
+            return f"state database {self.path} was deleted while the relay ran"
+        except OSError as exc:
+            return f"state database {self.path}: cannot stat it ({exc.strerror})"
+        return None if now == self._identity else f"state database {self.path} was replaced by another file while the relay ran"
+
+    def _check_version(self) -> None:
         version = self._db.execute("PRAGMA user_version").fetchone()[0]
         if version > SCHEMA_VERSION:
             msg = f"{self.path}: schema version {version} is newer than this relay understands ({SCHEMA_VERSION})"
             raise StoreError(msg)
+
+    def _migrate(self) -> None:
+        self._check_version()
         with self._transaction():
             for statement in filter(str.strip, _SCHEMA.split(";")):
                 self._db.execute(statement)
@@ -290,6 +316,11 @@ class SqliteStateStore:
         """Checkpoint and close the database."""
         with self._errors("close"):
             self._db.close()
+
+
+def _identity(path: Path) -> tuple[int, int]:
+    stat = path.stat()
+    return stat.st_dev, stat.st_ino
 
 
 def _snapshot_row(s: ActionSnapshot) -> tuple[object, ...]:

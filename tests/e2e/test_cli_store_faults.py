@@ -41,14 +41,14 @@ def assert_one_clear_line(code: int, err: str, *fragments: str) -> None:
 
 
 async def test_a_second_run_on_the_same_state_exits_1_naming_the_lock(standin, receiver, tmp_path):
-    """While one relay runs, `run` on the same state file exits 1 saying another relay holds the lock file."""
+    """While one relay runs, `run` on the same state file exits 1 saying another relay holds the database's lock."""
     env = relay_env(tmp_path, standin, receiver)
     first = RelayProcess(env)
     await first.start()
     try:
         await until(lambda: any("relay.started" in line for line in first.output), timeout_s=20)
         code, err = await run_relay(env, cwd=tmp_path)
-        assert_one_clear_line(code, err, "another voucherify-relay is already running", f"{tmp_path}/state.db.lock")
+        assert_one_clear_line(code, err, "another voucherify-relay is already running", f"{(tmp_path / 'state.db').resolve()} is locked")
     finally:
         assert await first.terminate() == 0
 

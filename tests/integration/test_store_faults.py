@@ -39,11 +39,11 @@ def filled_store(path: Path) -> None:
 
 
 async def test_a_second_relay_on_the_same_state_is_refused(make_settings):
-    """While one relay runs, another on the same state file fails at start naming the lock; once it stops, a new one starts."""
+    """While one relay runs, another on the same state file fails at start naming the locked file; once it stops, a new one starts."""
     settings = make_settings()
     async with running(settings):
         second = Relay(settings, retry=FAST)
-        with pytest.raises(StoreError, match=r"already running .*state\.db\.lock"):
+        with pytest.raises(StoreError, match=r"already running .*state\.db is locked"):
             await second.start()
     async with running(settings) as relay:
         await baseline(relay)

@@ -31,10 +31,13 @@ def test_stale_after_is_three_polls_but_never_under_two_minutes(interval_s, expe
         (None, {"auth_failed": True}, False, "Voucherify refused the credentials (wrong keys or wrong cluster)"),
         (NOW - 1, {"stopping": True}, False, "shutting down"),
         (NOW + 5, {}, True, "last successful poll 0s ago"),
+        (NOW - 1, {"store_problem": "cannot write the state database (disk full)"}, False, "cannot write the state database (disk full)"),
+        (NOW - 1, {"store_problem": "gone", "auth_failed": True}, False, "gone"),
+        (NOW - 1, {"store_problem": "gone", "stopping": True}, False, "shutting down"),
     ],
 )
 def test_readiness(last_ok_at, kwargs, ready, detail):
-    """Ready means not stopping, keys accepted and a poll succeeded within the staleness limit."""
+    """Ready means not stopping, the state database works, keys accepted and a poll succeeded within the staleness limit."""
     args = {"now": NOW, "poll_interval_s": 30.0, "auth_failed": False} | kwargs
     assert readiness(last_ok_at, **args) == (ready, detail)
 
