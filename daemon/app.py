@@ -129,6 +129,7 @@ class Relay:
             max_pages=self.settings.max_pages_per_cycle,
             backfill=self.settings.backfill,
             stuck_after=self.settings.stuck_after or None,
+            max_event_bytes=self.settings.max_event_bytes,
         )
         policy = DeliveryPolicy(max_delay_s=self.settings.delivery_retry_max_delay, max_age_s=self.settings.delivery_max_age.total_seconds())
         self.dispatcher = Dispatcher(store=self.store, sinks=self.sinks, policy=policy, on_result=self.metrics.delivery_result)

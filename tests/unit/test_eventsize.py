@@ -86,15 +86,17 @@ def test_an_event_that_fits_is_returned_unchanged() -> None:
     assert "truncated" not in whole.data
 
 
+KEYS = st.sampled_from(["id", "type", "status", "result", "message", "request_id", "x"])
+LONG_TEXT = st.builds(str.__mul__, st.sampled_from(["a", "\x00", '"', "é"]), st.integers(1000, 20000))
 JSON = st.recursive(
-    st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False) | st.text(max_size=50) | st.builds(str.__mul__, st.sampled_from(["a", "\x00", '"', "é"]), st.integers(1000, 20000)),
+    st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False) | st.text(max_size=50) | LONG_TEXT,
     lambda inner: st.lists(inner, max_size=40) | st.dictionaries(st.text(max_size=20), inner, max_size=20),
     max_leaves=60,
 )
 
 
 @settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
-@given(detail=st.dictionaries(st.sampled_from(["id", "type", "status", "result", "message", "request_id", "x"]), JSON), cap=st.integers(MIN_EVENT_BYTES, 64_000))
+@given(detail=st.dictionaries(KEYS, JSON), cap=st.integers(MIN_EVENT_BYTES, 64_000))
 def test_any_detail_fits_any_cap(detail: dict[str, Any], cap: int) -> None:
     """Whatever shape the detail has, the capped body is valid JSON no larger than the cap."""
     fitted = fit_event(normalize(detail, detected_at=NOW), max_bytes=cap)
