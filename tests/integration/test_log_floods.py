@@ -2,15 +2,19 @@
 
 from __future__ import annotations
 
+import asyncio
 import io
 import json
 import logging
 from collections.abc import Iterator
 
+import aiohttp
 import pytest
 import structlog
 
+from daemon.health import MAX_CONNECTIONS, HealthServer
 from daemon.logs import MAX_FIELD_CHARS, RepeatLimiter, configure_logging
+from tests.conftest import until
 
 
 class FakeClock:
@@ -71,3 +75,34 @@ def test_a_thousand_identical_warnings_print_a_bounded_number_of_lines(rendered:
         ("socket.accept() out of system resource", 980),
     }
     assert len(lines(rendered)) == 41 + 2 + 1
+
+
+class AlwaysUp:
+    """A health source that is always alive and ready."""
+
+    def alive(self) -> tuple[bool, str]:
+        """Report alive."""
+        return True, "up"
+
+    def ready(self) -> tuple[bool, str]:
+        """Report ready."""
+        return True, "up"
+
+
+async def test_five_hundred_idle_connections_neither_block_healthz_nor_flood_the_log(rendered: io.StringIO) -> None:
+    """With 500 idle connections open, /healthz still answers, the ones over the cap are closed and the log stays short."""
+    configure_logging(fmt="json", stream=rendered)
+    server = HealthServer(AlwaysUp(), idle_timeout_s=0.5)
+    port = await server.start("127.0.0.1", 0)
+    idle = [await asyncio.open_connection("127.0.0.1", port) for _ in range(500)]
+    try:
+        async with aiohttp.ClientSession() as session:
+            await until(lambda: sum(r.at_eof() for r, _ in idle) >= 500 - MAX_CONNECTIONS, timeout_s=5)
+            async with session.get(f"http://127.0.0.1:{port}/healthz") as response:
+                assert response.status == 200
+            await until(lambda: all(r.at_eof() for r, _ in idle), timeout_s=5)  # the idle timeout closes the rest
+    finally:
+        for _, writer in idle:
+            writer.close()
+        await server.close()
+    assert len(lines(rendered)) < 40
