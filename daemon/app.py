@@ -81,6 +81,7 @@ class Relay:
         self._interval_s = settings.poll_interval
         self._last_tick = time.monotonic()
         self._poll_started: float | None = None
+        self._last_poll_at = 0.0
         self._stopping = False
         self._seen_events: list[Event] = []
         self._health: HealthServer | None = None
@@ -203,6 +204,7 @@ class Relay:
         if time.time() < self._resume_at:
             return
         self._poll_started = started = time.monotonic()
+        self._last_poll_at = time.time()
         self._seen_events.clear()
         try:
             report = await self.poller.poll_once()
@@ -270,11 +272,20 @@ class Relay:
         self.wake_poll()
 
     def wake_poll(self) -> None:
-        """Poll now and stay fast for a while (new activity is expected)."""
-        self._last_activity_at = time.time()
+        """Poll soon and stay fast for a while (new activity is expected).
+
+        Wakes coalesce: the next poll comes no sooner than one fast interval (or the
+        budget's floor, if longer) after the last one started, and never later than planned.
+        """
+        now = time.time()
+        self._last_activity_at = now
         job = self._scheduler.get_job("poll")
-        if job is not None:
-            job.modify(next_run_time=_now_dt())
+        if job is None:
+            return
+        floor_s = max(self.cadence.fast_s, self.cadence.budget_floor_s)
+        wake_at = datetime.fromtimestamp(max(now, self._last_poll_at + floor_s), tz=UTC)
+        if job.next_run_time is None or wake_at < job.next_run_time:
+            job.modify(next_run_time=wake_at)
 
     def _log_cycle(self, report: PollReport, started: float) -> None:
         stats = self.store.outbox_stats()
