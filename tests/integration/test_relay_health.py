@@ -70,7 +70,7 @@ async def test_watch_endpoint_wakes_an_idle_relay(standin, receiver, make_settin
         await until(lambda: len(receiver.delivered) == 1, timeout_s=3)
 
 
-async def test_watch_calls_coalesce_to_one_poll_per_fast_interval(standin, receiver, make_settings):
+async def test_watch_calls_coalesce_to_one_poll_per_fast_interval(standin, make_settings):
     """50 POST /watch calls in 3 s with a 1 s poll interval cause at most one list request per second, plus one."""
     settings = make_settings(http_listen="127.0.0.1:0", poll_interval="1", idle_poll_interval="600", watch_token=WATCH_TOKEN)
     async with running(settings) as relay:
