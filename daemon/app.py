@@ -81,6 +81,7 @@ class Relay:
         self._interval_s = settings.poll_interval
         self._last_tick = time.monotonic()
         self._poll_started: float | None = None
+        self._last_poll_at = 0.0
         self._stopping = False
         self._store_write_error: str | None = None
         self._file_problem: str | None = None
@@ -132,6 +133,7 @@ class Relay:
             max_pages=self.settings.max_pages_per_cycle,
             backfill=self.settings.backfill,
             stuck_after=self.settings.stuck_after or None,
+            max_event_bytes=self.settings.max_event_bytes,
         )
         policy = DeliveryPolicy(max_delay_s=self.settings.delivery_retry_max_delay, max_age_s=self.settings.delivery_max_age.total_seconds())
         self.dispatcher = Dispatcher(
@@ -227,6 +229,7 @@ class Relay:
         if time.time() < self._resume_at or self._store_file_gone():
             return
         self._poll_started = started = time.monotonic()
+        self._last_poll_at = time.time()
         self._seen_events.clear()
         try:
             report = await self.poller.poll_once()
@@ -296,11 +299,20 @@ class Relay:
         self.wake_poll()
 
     def wake_poll(self) -> None:
-        """Poll now and stay fast for a while (new activity is expected)."""
-        self._last_activity_at = time.time()
+        """Poll soon and stay fast for a while (new activity is expected).
+
+        Wakes coalesce: the next poll comes no sooner than one fast interval (or the
+        budget's floor, if longer) after the last one started, and never later than planned.
+        """
+        now = time.time()
+        self._last_activity_at = now
         job = self._scheduler.get_job("poll")
-        if job is not None:
-            job.modify(next_run_time=_now_dt())
+        if job is None:
+            return
+        floor_s = max(self.cadence.fast_s, self.cadence.budget_floor_s)
+        wake_at = datetime.fromtimestamp(max(now, self._last_poll_at + floor_s), tz=UTC)
+        if job.next_run_time is None or wake_at < job.next_run_time:
+            job.modify(next_run_time=wake_at)
 
     def _log_cycle(self, report: PollReport, started: float) -> None:
         stats = self.store.outbox_stats()

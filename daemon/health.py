@@ -9,6 +9,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import hmac
 import ipaddress
 import re
@@ -31,6 +32,8 @@ MAX_TICK_SILENCE_S = 30.0
 MAX_POLL_S = 900.0
 _ACTION_ID = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
 _HOSTNAME = re.compile(r"^[A-Za-z0-9]([A-Za-z0-9.-]{0,251}[A-Za-z0-9])?$")
+MAX_CONNECTIONS = 64
+IDLE_TIMEOUT_S = 5.0
 _LISTEN_HELP = "must be HOST:PORT (127.0.0.1:9464, 0.0.0.0:9464, [::1]:9464, or :9464 for every interface) or 'off'"
 
 
@@ -139,8 +142,13 @@ class HealthServer:
         *,
         watch: Callable[[str], None] | None = None,
         watch_token: str | None = None,
+        max_connections: int = MAX_CONNECTIONS,
+        idle_timeout_s: float = IDLE_TIMEOUT_S,
     ) -> None:
         self._source = source
+        self._max_connections = max_connections
+        self._idle_timeout_s = idle_timeout_s
+        self._listener: asyncio.Server | None = None
         self._metrics = metrics
         self._watch = watch if watch_token else None
         self._watch_token = watch_token or ""
@@ -155,15 +163,28 @@ class HealthServer:
             app.router.add_get("/metrics", self._render_metrics)
         if self._watch is not None:
             app.router.add_post("/watch", self._watch_action)
-        self._runner = web.AppRunner(app, access_log=None, shutdown_timeout=1.0)
+        self._runner = web.AppRunner(app, access_log=None, shutdown_timeout=1.0, keepalive_timeout=self._idle_timeout_s)
         await self._runner.setup()
-        await web.TCPSite(self._runner, host or None, port).start()
-        bound = int(self._runner.addresses[0][1])
+        # aiohttp has no connection cap; the protocol factory refuses connections past it.
+        self._listener = await asyncio.get_running_loop().create_server(self._accept, host or None, port, reuse_address=True)
+        bound = int(self._listener.sockets[0].getsockname()[1])
         log.info("health.listening", host=host or "*", port=bound, metrics=self._metrics is not None)
         return bound
 
+    def _accept(self) -> asyncio.BaseProtocol:
+        """Hand a new connection to aiohttp, or close it at once when MAX_CONNECTIONS are open."""
+        assert self._runner is not None  # noqa: S101 - the listener starts after the runner
+        server = self._runner.server
+        if server is None or len(server.connections) >= self._max_connections:
+            log.warning("health.connection_refused", open=len(server.connections) if server else 0, limit=self._max_connections)
+            return _Refused()
+        return server()
+
     async def close(self) -> None:
         """Stop listening."""
+        if self._listener is not None:
+            self._listener.close()
+            self._listener = None
         if self._runner is not None:
             await self._runner.cleanup()
             self._runner = None
@@ -177,7 +198,6 @@ class HealthServer:
     async def _render_metrics(self, _request: web.Request) -> web.Response:
         assert self._metrics is not None  # noqa: S101 - the route exists only with metrics
         return web.Response(body=self._metrics.render(), headers={"Content-Type": CONTENT_TYPE, "Cache-Control": "no-store"})
-
 
     async def _watch_action(self, request: web.Request) -> web.Response:
         """``POST /watch {"action_id": "aa_..."}`` with ``Authorization: Bearer <RELAY_WATCH_TOKEN>``."""
@@ -194,6 +214,14 @@ class HealthServer:
             return web.json_response({"status": "invalid", "detail": 'send {"action_id": "aa_..."}'}, status=400)
         self._watch(action_id)
         return web.json_response({"status": "watching", "detail": action_id}, status=202)
+
+
+class _Refused(asyncio.Protocol):
+    """A connection over the cap: closed as soon as it is made."""
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        """Close the connection."""
+        transport.close()
 
 
 def _verdict(check: Callable[[], tuple[bool, str]]) -> web.Response:

@@ -22,8 +22,10 @@ from typing import Any
 
 import structlog
 
+from daemon.detail_failures import DetailFailures
 from daemon.detect import Change, diff, find_stuck, snapshot_from
-from daemon.errors import AuthError, NotFoundError, VoucherifyError
+from daemon.errors import AuthError, BudgetExhaustedError, NotFoundError, RateLimitedError, VoucherifyError
+from daemon.eventsize import clip_text, fit_event
 from daemon.model import ActionSnapshot, Event, format_timestamp, parse_timestamp
 from daemon.normalize import normalize, stuck_event
 from daemon.store import CycleResult, StateStore
@@ -32,6 +34,8 @@ from daemon.voucherify import VoucherifyClient
 log = structlog.get_logger("daemon.poller")
 OVERLAP = timedelta(minutes=10)
 FIRST_RUN_LOOKBACK = timedelta(hours=24)
+MAX_EVENT_BYTES = 262_144
+ERROR_CHARS = 300
 
 
 @dataclass(frozen=True, slots=True)
@@ -72,6 +76,8 @@ class Poller:
         backfill: timedelta | None = None,
         stuck_after: timedelta | None = None,
         clock: Callable[[], float] = time.time,
+        max_event_bytes: int = MAX_EVENT_BYTES,
+        detail_failures: DetailFailures | None = None,
     ) -> None:
         self._client = client
         self._store = store
@@ -81,6 +87,8 @@ class Poller:
         self._backfill = backfill
         self._stuck_after = stuck_after
         self._clock = clock
+        self._max_event_bytes = max_event_bytes
+        self._detail_failures = detail_failures or DetailFailures()
 
     async def poll_once(self) -> PollReport:
         """Run one cycle; raise VoucherifyError if the list itself could not be read."""
@@ -129,7 +137,8 @@ class Poller:
         marked = [s.id for s, _ in found]
         if first_run:
             return [], marked
-        return [stuck_event(_list_entry(s), detected_at=now, stuck_for_s=age) for s, age in found], marked
+        events = [stuck_event(_list_entry(s), detected_at=now, stuck_for_s=age) for s, age in found]
+        return [fit_event(e, max_bytes=self._max_event_bytes) for e in events], marked
 
     def _horizon(self, now: datetime, *, first_run: bool, newest: str | None) -> datetime:
         if first_run:
@@ -180,8 +189,8 @@ class Poller:
                 gone.append(action_id)
             except AuthError:
                 raise
-            except VoucherifyError as exc:
-                log.warning("action.recheck_failed", action_id=action_id, caused_by=str(exc))
+            except Exception as exc:  # noqa: BLE001 - a poison record affects only itself
+                log.warning("action.recheck_failed", action_id=action_id, caused_by=_why(exc))
         return details, gone, self._snapshots(details.values())
 
     async def _events_for(self, changes: Sequence[Change], details: dict[str, dict[str, Any]], *, now: datetime) -> tuple[list[Change], list[Event]]:
@@ -198,20 +207,46 @@ class Poller:
         return kept, events
 
     async def _event_for(self, change: Change, details: dict[str, dict[str, Any]], *, now: datetime) -> Event | None:
-        """Fetch the full action once and normalize it; None leaves the change for the next cycle."""
-        detail = details.get(change.action_id)
+        """Fetch the full action once and normalize it; None leaves the change for the next cycle.
+
+        Anything one action's detail raises (an error answer, an undecodable or odd body)
+        stays with that action: it is logged and retried, and given up on per DetailFailures.
+        """
         try:
-            if detail is None:
-                detail = await self._client.get_action(change.action_id)
+            detail = details.get(change.action_id) or await self._client.get_action(change.action_id)
+            event = fit_event(normalize(detail, detected_at=now), max_bytes=self._max_event_bytes)
         except NotFoundError:
             log.warning("action.detail_missing", action_id=change.action_id, hint="listed as finished but GET answered 404; event sent without result")
-            return normalize(_list_entry(change.snapshot), detected_at=now, detail_available=False)
+            return self._from_list(change, now=now, why="GET answered 404")
         except AuthError:
             raise
-        except VoucherifyError as exc:
-            log.warning("action.detail_failed", action_id=change.action_id, caused_by=str(exc), hint="retried next cycle")
+        except (RateLimitedError, BudgetExhaustedError) as exc:  # the action is fine; our allowance is not
+            log.warning("action.detail_deferred", action_id=change.action_id, caused_by=_why(exc), hint="retried next cycle")
             return None
-        return normalize(detail, detected_at=now)
+        except Exception as exc:  # noqa: BLE001 - a poison record affects only itself
+            return self._detail_failed(change, now=now, why=_why(exc))
+        self._detail_failures.forget(change.action_id)
+        return event
+
+    def _detail_failed(self, change: Change, *, now: datetime, why: str) -> Event | None:
+        finished_at = parse_timestamp(change.snapshot.updated_at)
+        attempts, give_up = self._detail_failures.record(change.action_id, now=now, finished_at=finished_at)
+        if not give_up:
+            log.warning("action.detail_failed", action_id=change.action_id, attempt=attempts, caused_by=why, hint="retried next cycle")
+            return None
+        log.error("action.detail_given_up", action_id=change.action_id, attempts=attempts, caused_by=why, hint="event sent from the list entry, without result")
+        return self._from_list(change, now=now, why=why)
+
+    def _from_list(self, change: Change, *, now: datetime, why: str) -> Event:
+        self._detail_failures.forget(change.action_id)
+        event = normalize(_list_entry(change.snapshot), detected_at=now, detail_available=False)
+        event.data["detail_error"] = why
+        return fit_event(event, max_bytes=self._max_event_bytes)
+
+
+def _why(exc: BaseException) -> str:
+    text = str(exc) if isinstance(exc, VoucherifyError) else f"{type(exc).__name__}: {exc}"
+    return clip_text(text, ERROR_CHARS)
 
 
 def _list_entry(s: ActionSnapshot) -> dict[str, Any]:

@@ -190,6 +190,7 @@ class RelaySettings(BaseSettings):
     api_max_response_bytes: int = Field(default=16 * 1024 * 1024, ge=1024 * 1024, le=1024 * 1024 * 1024)
     list_page_size: int = Field(default=100, ge=1, le=100)
     max_pages_per_cycle: int = Field(default=20, ge=1, le=1000)
+    max_event_bytes: int = Field(default=262_144, ge=16_384, le=16_777_216)
     delivery_retry_max_delay: float = Field(default=300.0, gt=0, le=86400)
     delivery_max_age: Duration = timedelta(hours=24)
     retention: Duration = Field(default=timedelta(days=7), ge=timedelta(hours=1))

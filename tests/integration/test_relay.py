@@ -190,8 +190,8 @@ async def test_bad_credentials_are_loud_and_do_not_crash(standin, receiver, make
     assert relay.last_poll is None
 
 
-async def test_budget_is_never_exceeded(standin, receiver, make_settings):
-    """With RELAY_API_BUDGET_PER_HOUR=5, polls are spread out, and even forced polls never send a sixth request, across a restart."""
+async def test_budget_is_never_exceeded(standin, make_settings):
+    """With RELAY_API_BUDGET_PER_HOUR=5, polls are spread out, wakes respect that, and forced polls never send a sixth request across a restart."""
     settings = make_settings(api_budget_per_hour="5")
     async with running(settings) as relay:
         await baseline(relay)
@@ -200,10 +200,12 @@ async def test_budget_is_never_exceeded(standin, receiver, make_settings):
         for _ in range(8):
             relay.wake_poll()
             await asyncio.sleep(0.1)
+        assert standin.count("any") == 1, "a wake never polls under the budget's floor"
+        for _ in range(8):
+            await relay.poll()
     async with running(settings) as relay:
         for _ in range(4):
-            relay.wake_poll()
-            await asyncio.sleep(0.1)
+            await relay.poll()
     assert standin.count("any") == 5
 
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+
 import aiohttp
 from prometheus_client.parser import text_string_to_metric_families
 
@@ -66,3 +68,21 @@ async def test_watch_endpoint_wakes_an_idle_relay(standin, receiver, make_settin
             async with session.post(url, json={"action_id": "../etc"}, headers=headers) as invalid:
                 assert invalid.status == 400
         await until(lambda: len(receiver.delivered) == 1, timeout_s=3)
+
+
+async def test_watch_calls_coalesce_to_one_poll_per_fast_interval(standin, make_settings):
+    """50 POST /watch calls in 3 s with a 1 s poll interval cause at most one list request per second, plus one."""
+    settings = make_settings(http_listen="127.0.0.1:0", poll_interval="1", idle_poll_interval="600", watch_token=WATCH_TOKEN)
+    async with running(settings) as relay:
+        await baseline(relay)
+        url = f"http://127.0.0.1:{relay.http_port}/watch"
+        headers = {"Authorization": f"Bearer {WATCH_TOKEN}"}
+        lists_before, started = standin.count("list"), asyncio.get_running_loop().time()
+        async with aiohttp.ClientSession() as session:
+            for _ in range(50):
+                async with session.post(url, json={"action_id": "aa_0123456789"}, headers=headers) as accepted:
+                    assert accepted.status == 202
+                await asyncio.sleep(0.06)
+        duration_s = asyncio.get_running_loop().time() - started
+        made = standin.count("list") - lists_before
+    assert 1 <= made <= duration_s / 1 + 1

@@ -114,6 +114,9 @@ CASES = [
     bad("max_pages_per_cycle", "RELAY_MAX_PAGES_PER_CYCLE", MAX_PAGES_PER_CYCLE="0"),
     bad("max_pages_per_cycle", "RELAY_MAX_PAGES_PER_CYCLE", MAX_PAGES_PER_CYCLE="1001"),
     bad("max_pages_per_cycle", "RELAY_MAX_PAGES_PER_CYCLE", MAX_PAGES_PER_CYCLE="all"),
+    bad("max_event_bytes", "RELAY_MAX_EVENT_BYTES", MAX_EVENT_BYTES="16383"),
+    bad("max_event_bytes", "RELAY_MAX_EVENT_BYTES", MAX_EVENT_BYTES="16777217"),
+    bad("max_event_bytes", "RELAY_MAX_EVENT_BYTES", MAX_EVENT_BYTES="256k"),
     # delivery
     bad("delivery_retry_max_delay", "RELAY_DELIVERY_RETRY_MAX_DELAY", DELIVERY_RETRY_MAX_DELAY="0"),
     bad("delivery_retry_max_delay", "RELAY_DELIVERY_RETRY_MAX_DELAY", DELIVERY_RETRY_MAX_DELAY="86401"),
