@@ -6,11 +6,15 @@ import asyncio
 from collections import Counter
 from datetime import UTC, datetime, timedelta
 
+import aiohttp
+import pytest
 from structlog.testing import capture_logs
 
 from daemon.app import Relay
+from daemon.errors import ClientRequestError
 from daemon.standin import VoucherifyStandIn
-from tests.conftest import until
+from daemon.voucherify import VoucherifyClient
+from tests.conftest import APP_TOKEN, until
 from tests.fakes.receiver import RecordingReceiver
 from tests.integration.test_relay import baseline, running
 
@@ -139,3 +143,13 @@ async def test_ids_that_are_not_plain_voucherify_ids_never_reach_a_url(standin: 
 
 def _gauge(scrape: str, name: str) -> float:
     return next(float(line.split()[-1]) for line in scrape.splitlines() if line.startswith(name + " "))
+
+
+async def test_the_client_refuses_an_id_that_is_not_plain(standin: VoucherifyStandIn):
+    """get_action with a path-like or overlong id raises ClientRequestError without sending anything."""
+    async with aiohttp.ClientSession() as session:
+        client = VoucherifyClient(session, base_url=standin.base_url, app_id="app-123", app_token=APP_TOKEN)
+        for bad in ("../../../v1/x?y=1#f", "a" * 65, "", "aa_1/../x", "aa 1"):
+            with pytest.raises(ClientRequestError, match="not a plain Voucherify id"):
+                await client.get_action(bad)
+    assert standin.requests == []
