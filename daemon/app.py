@@ -270,7 +270,11 @@ class Relay:
         """Schedule the next poll: fast while busy, slow when idle, never above the budget."""
         now = time.time()
         self._last_activity_at = last_activity(
-            self._last_activity_at, now=now, in_flight=report.in_flight, transitions=report.transitions, first_run=report.first_run
+            self._last_activity_at,
+            now=now,
+            in_flight=report.in_flight or int(report.backlog_window_s is not None),  # stay fast while a list backlog is owed
+            transitions=report.transitions,
+            first_run=report.first_run,
         )
         busy = is_busy(self.cadence, now=now, last_activity_at=self._last_activity_at)
         decision = next_poll(self.cadence, busy=busy, remaining=self.client.rate_limit_remaining, limit=self.client.rate_limit_limit)
@@ -328,6 +332,9 @@ class Relay:
             outbox_pending=stats.pending,
             dead_letters=stats.dead,
             baseline=report.first_run or None,
+            backlog_pages=report.backlog_pages or None,
+            backlog_window_s=None if report.backlog_window_s is None else round(report.backlog_window_s, 1),
+            backlog_pages_owed=report.backlog_pages_owed,
             duration_ms=round((time.monotonic() - started) * 1000, 1),
         )
 

@@ -9,6 +9,8 @@ from daemon.errors import AuthError, ConfigError, RedirectError, VoucherifyError
 from daemon.settings import RelaySettings
 from daemon.voucherify import RetryPolicy, VoucherifyClient
 
+EX_CONFIG = 78  # refused credentials are a configuration error, like cli.EX_CONFIG
+
 
 async def run_check(settings: RelaySettings) -> int:
     """Print what the relay would do and whether Voucherify accepts the keys; return the exit status."""
@@ -34,8 +36,9 @@ async def run_check(settings: RelaySettings) -> int:
         except RedirectError as exc:
             raise ConfigError("RELAY_VOUCHERIFY_API_URL", str(exc)) from None
         except AuthError as exc:
-            print(f"voucherify: FAILED: credentials refused: {exc}")
-            return 1
+            print(f"voucherify: FAILED: credentials refused (HTTP {exc.status}): check RELAY_VOUCHERIFY_APP_ID and RELAY_VOUCHERIFY_APP_TOKEN")
+            print(f"  {exc}")
+            return EX_CONFIG
         except VoucherifyError as exc:
             print(f"voucherify: FAILED: {exc}")
             return 1

@@ -99,6 +99,12 @@ class RelayMetrics:
         self.last_success = Gauge(
             f"{PREFIX}_last_successful_poll_timestamp_seconds", "Unix time of the last successful poll (0 until one succeeds).", registry=reg
         )
+        self.list_backlog = Gauge(
+            f"{PREFIX}_list_backlog_seconds", "Created_at window the list still owes after a capped cycle (0 when caught up).", registry=reg
+        )
+        self.list_backlog_pages = Gauge(
+            f"{PREFIX}_list_backlog_pages_owed", "Estimated list pages still owed: the window at the density of the last full page.", registry=reg
+        )
         self.rate_limit_remaining.set(math.nan)
         for outcome in POLL_OUTCOMES:
             self.polls.labels(outcome=outcome)
@@ -109,6 +115,8 @@ class RelayMetrics:
         self.poll_duration.observe(duration_s)
         self.transitions.inc(report.transitions)
         self.in_flight.set(report.in_flight)
+        self.list_backlog.set(report.backlog_window_s or 0.0)
+        self.list_backlog_pages.set(report.backlog_pages_owed or 0)
         self.last_success.set(self._clock())
 
     def poll_failed(self, reason: str, *, duration_s: float | None = None) -> None:

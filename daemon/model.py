@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from enum import StrEnum
 from typing import Any
 
 TERMINAL_STATUSES = frozenset({"DONE", "FAILED"})
+ACTION_ID_PATTERN = r"[A-Za-z0-9_-]{1,64}"  # a plain Voucherify id: safe as one URL path segment, as is
 
 
 class EventType(StrEnum):
@@ -46,6 +48,11 @@ class ActionSnapshot:
             other.progress,
             other.updated_at,
         )
+
+
+def is_action_id(value: object) -> bool:
+    """Whether ``value`` is a plain Voucherify action id (anything else must never reach a URL)."""
+    return isinstance(value, str) and re.fullmatch(ACTION_ID_PATTERN, value) is not None
 
 
 def event_id_for(action_id: str, event_type: str) -> str:

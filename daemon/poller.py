@@ -1,23 +1,16 @@
 """One poll cycle: list -> detect -> fetch details -> store state + outbox in one transaction.
 
-List paging. The docs state neither the list's order nor whether ``end_date`` is
-inclusive; they say only that it limits results to actions *scheduled before* it.
-We assume newest first by ``created_at`` and page backwards with ``end_date`` set to
-the oldest ``created_at`` on the page plus 1 ms, so the next page starts at (and
-repeats) that item whether the bound is inclusive or exclusive; ids are
-de-duplicated. We stop once a page reaches the window earlier polls covered (their
-newest ``created_at`` minus an overlap) or ``has_more`` is false. Every page is
-checked: if it is not newest first we log it and keep paging to the end of the list
-(bounded by RELAY_MAX_PAGES_PER_CYCLE) instead of trusting the horizon.
+How the list is paged (newest pages first, then any backlog a capped cycle left) is in
+:mod:`daemon.listing`; the backlog is committed with the cycle's state and events.
 """
 
 from __future__ import annotations
 
+import math
 import time
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
-from itertools import pairwise
 from typing import Any
 
 import structlog
@@ -26,9 +19,10 @@ from daemon.detail_failures import DetailFailures
 from daemon.detect import Change, diff, find_stuck, snapshot_from
 from daemon.errors import AuthError, BudgetExhaustedError, NotFoundError, RateLimitedError, VoucherifyError
 from daemon.eventsize import clip_text, fit_event
+from daemon.listing import ListPlan, ListWalker, ListWindow, backlog_window_s
 from daemon.model import ActionSnapshot, Event, format_timestamp, parse_timestamp
 from daemon.normalize import normalize, stuck_event
-from daemon.store import CycleResult, StateStore
+from daemon.store import Cursor, CycleResult, StateStore
 from daemon.voucherify import VoucherifyClient
 
 log = structlog.get_logger("daemon.poller")
@@ -51,15 +45,9 @@ class PollReport:
     ordered: bool = True
     first_run: bool = False
     skipped: str | None = None
-
-
-@dataclass(frozen=True, slots=True)
-class ListWindow:
-    """The de-duplicated list entries one cycle saw."""
-
-    items: dict[str, dict[str, Any]]
-    pages: int
-    ordered: bool
+    backlog_pages: int = 0  # pages this cycle read of an older window a capped cycle left
+    backlog_window_s: float | None = None  # created_at seconds still owed after this cycle; None when caught up
+    backlog_pages_owed: int | None = None  # estimate: the owed window at the density of the last full page
 
 
 class Poller:
@@ -95,40 +83,68 @@ class Poller:
         calls_before = self._client.requests_sent
         cursor = self._store.load_cursor()
         now = datetime.fromtimestamp(self._clock(), tz=UTC)
-        horizon = self._horizon(now, first_run=cursor.first_run, newest=cursor.newest_created_at)
         in_flight = self._store.in_flight()
-        window = await self._list_window(horizon, in_flight)
+        plan = self._plan(cursor, now=now)
+        window = await ListWalker(self._client, page_size=self._page_size, in_flight=in_flight).walk(plan)
         listed = self._snapshots(window.items.values())
-        previous = {**in_flight, **self._store.get_snapshots(s.id for s in listed)}
-        details, gone, rechecked = await self._recheck_missing(in_flight, window.items)
-        changes = diff(
-            previous,
-            [*listed, *rechecked],
-            first_run=cursor.first_run,
-            backfill_since=now - self._backfill if self._backfill else None,
-            new_after=horizon,
-        )
+        owed = self._snapshots(window.backlog_items.values())
+        previous = {**in_flight, **self._store.get_snapshots(s.id for s in [*listed, *owed])}
+        details, gone, rechecked = await self._recheck_missing(in_flight, window.items.keys() | window.backlog_items.keys())
+        backfill_since = now - self._backfill if self._backfill else None
+        changes = diff(previous, [*listed, *rechecked], first_run=cursor.first_run, backfill_since=backfill_since, new_after=plan.horizon)
+        changes += self._backlog_changes(previous, owed, cursor)
         kept, events = await self._events_for(changes, details, now=now)
         stuck, stuck_ids = self._stuck([*listed, *rechecked], now=now, first_run=cursor.first_run)
+        old_stuck, old_stuck_ids = self._stuck(owed, now=now, first_run=cursor.first_run or _baseline(cursor))
         newest = _newest(cursor.newest_created_at, window.items.values())
         result = CycleResult(
             snapshots=[c.snapshot for c in kept],
-            events=[(e, self._route(e)) for e in [*events, *stuck]],
+            events=[(e, self._route(e)) for e in [*events, *stuck, *old_stuck]],
             forgotten=gone,
-            stuck=stuck_ids,
+            stuck=[*stuck_ids, *old_stuck_ids],
             newest_created_at=newest if newest != cursor.newest_created_at else None,
             baseline_done=cursor.first_run,
+            backlog=window.backlog,
+            backlog_changed=window.backlog != cursor.backlog,
         )
         self._store.commit_cycle(result, now=self._clock())
+        made = len(result.events)
+        return self._report(window, cursor, current=[*listed, *owed, *rechecked], events=made, kept=len(kept), calls_before=calls_before)
+
+    def _plan(self, cursor: Cursor, *, now: datetime) -> ListPlan:
+        newest_seen = min(parse_timestamp(cursor.newest_created_at) or now, now)  # an entry dated in the future must not hide later ones
+        return ListPlan(
+            horizon=self._horizon(now, first_run=cursor.first_run, newest=cursor.newest_created_at),
+            seen_through=newest_seen,
+            backlog=cursor.backlog,
+            max_pages=self._max_pages,
+            started_at=self._clock(),
+            baseline_since=(now - (self._backfill or timedelta(0))) if cursor.first_run else None,
+        )
+
+    def _backlog_changes(self, previous: Mapping[str, ActionSnapshot], owed: Sequence[ActionSnapshot], cursor: Cursor) -> list[Change]:
+        """Diff the backlog's entries: new ones finished inside its window emit, a baseline's history does not."""
+        if not owed:
+            return []
+        backlog = cursor.backlog
+        since = parse_timestamp(backlog.baseline_since) if backlog else None
+        new_after = parse_timestamp(backlog.owed_until) if backlog else None
+        return diff(previous, owed, first_run=cursor.first_run or since is not None, backfill_since=since, new_after=new_after)
+
+    def _report(self, window: ListWindow, cursor: Cursor, *, current: Sequence[ActionSnapshot], events: int, kept: int, calls_before: int) -> PollReport:
+        window_s = backlog_window_s(window.backlog)
         return PollReport(
-            listed=len(window.items),
+            listed=len(window.items) + len(window.backlog_items),
             pages=window.pages,
-            transitions=len(kept),
-            events=len(events) + len(stuck),
+            transitions=kept,
+            events=events,
             api_calls=self._client.requests_sent - calls_before,
-            in_flight=sum(1 for s in [*listed, *rechecked] if not s.terminal),
+            in_flight=sum(1 for s in current if not s.terminal),
             ordered=window.ordered,
             first_run=cursor.first_run,
+            backlog_pages=window.backlog_pages,
+            backlog_window_s=window_s,
+            backlog_pages_owed=_pages_owed(window_s, window.page_span_s),
         )
 
     def _stuck(self, current: Sequence[ActionSnapshot], *, now: datetime, first_run: bool) -> tuple[list[Event], list[str]]:
@@ -146,37 +162,11 @@ class Poller:
         newest_seen = parse_timestamp(newest) or now
         return min(newest_seen, now) - OVERLAP  # an entry dated in the future must not hide later ones
 
-    async def _list_window(self, horizon: datetime, in_flight: Mapping[str, ActionSnapshot]) -> ListWindow:
-        """Page backwards until the horizon (and past it while that is cheaper than GETs by id)."""
-        items: dict[str, dict[str, Any]] = {}
-        end_date: str | None = None
-        pages, ordered = 0, True
-        while True:
-            page = await self._client.list_page(limit=self._page_size, end_date=end_date)
-            pages += 1
-            entries = [a for a in page.actions if isinstance(a, dict) and isinstance(a.get("id"), str) and a["id"]]
-            _warn_invalid(len(page.actions) - len(entries))
-            fresh = [a for a in entries if a["id"] not in items]
-            items.update((a["id"], a) for a in fresh)
-            if ordered and not _newest_first(entries):
-                ordered = False
-                log.warning("list.unordered", hint="list page is not newest first; scanning the whole list this cycle")
-            oldest = _oldest(entries)
-            if not page.has_more or not fresh or oldest is None:
-                break
-            if ordered and oldest < horizon and not _worth_paging_on(in_flight, items, oldest):
-                break
-            if pages >= self._max_pages:
-                log.warning("list.page_cap_reached", pages=pages, hint="raise RELAY_MAX_PAGES_PER_CYCLE if this repeats")
-                break
-            end_date = format_timestamp(oldest + timedelta(milliseconds=1))
-        return ListWindow(items=items, pages=pages, ordered=ordered)
-
     def _snapshots(self, items: Iterable[Mapping[str, Any]]) -> list[ActionSnapshot]:
         return [s for s in (snapshot_from(i) for i in items) if s is not None]
 
     async def _recheck_missing(
-        self, in_flight: Mapping[str, ActionSnapshot], listed: Mapping[str, Any]
+        self, in_flight: Mapping[str, ActionSnapshot], listed: Collection[str]
     ) -> tuple[dict[str, dict[str, Any]], list[str], list[ActionSnapshot]]:
         """Fetch by id the in-flight actions that fell out of the listed window."""
         details: dict[str, dict[str, Any]] = {}
@@ -261,29 +251,8 @@ def _list_entry(s: ActionSnapshot) -> dict[str, Any]:
     }
 
 
-def _worth_paging_on(in_flight: Mapping[str, ActionSnapshot], items: Mapping[str, Any], oldest: datetime) -> bool:
-    """Whether another page is cheaper than fetching the unseen in-flight actions by id.
-
-    One page shows up to 100 actions; one GET shows one. Page on while at least two
-    in-flight actions are unseen and some of them are older than this page.
-    """
-    unseen = [s for i, s in in_flight.items() if i not in items]
-    older = [s for s in unseen if (parse_timestamp(s.created_at) or oldest) < oldest]
-    return len(unseen) >= 2 and bool(older)  # noqa: PLR2004 - with one left, a GET costs the same as a page
-
-
 def _created(entry: Mapping[str, Any]) -> datetime | None:
     return parse_timestamp(entry.get("created_at"))
-
-
-def _newest_first(entries: Sequence[Mapping[str, Any]]) -> bool:
-    moments = [m for m in (_created(e) for e in entries) if m is not None]
-    return all(a >= b for a, b in pairwise(moments))
-
-
-def _oldest(entries: Sequence[Mapping[str, Any]]) -> datetime | None:
-    moments = [m for m in (_created(e) for e in entries) if m is not None]
-    return min(moments) if moments else None
 
 
 def _newest(current: str | None, entries: Iterable[Mapping[str, Any]]) -> str | None:
@@ -294,6 +263,14 @@ def _newest(current: str | None, entries: Iterable[Mapping[str, Any]]) -> str | 
     return format_timestamp(max(moments)) if moments else current
 
 
-def _warn_invalid(count: int) -> None:
-    if count:
-        log.warning("list.invalid_entries", skipped=count, hint="list entries without an id are ignored")
+def _baseline(cursor: Cursor) -> bool:
+    return cursor.backlog is not None and cursor.backlog.baseline_since is not None
+
+
+def _pages_owed(window_s: float | None, page_span_s: float | None) -> int | None:
+    """Estimate the pages a backlog still owes, assuming its window is as dense as the last full page read."""
+    if window_s is None:
+        return None
+    if not page_span_s:
+        return 1
+    return max(1, math.ceil(window_s / page_span_s))

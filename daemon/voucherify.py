@@ -22,6 +22,7 @@ from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from email.utils import parsedate_to_datetime
 from typing import Any
+from urllib.parse import quote, urlsplit
 
 import aiohttp
 from tenacity import AsyncRetrying, RetryCallState, retry_if_exception, stop_after_attempt, stop_after_delay, wait_random_exponential
@@ -40,6 +41,7 @@ from daemon.errors import (
     VoucherifyError,
 )
 from daemon.httpio import read_at_most
+from daemon.model import is_action_id
 from daemon.urls import resolve_location, without_query
 
 LIST_PATH = "/v1/async-actions"
@@ -121,8 +123,11 @@ class VoucherifyClient:
         return ListPage(actions=actions, has_more=body.get("has_more") is True)
 
     async def get_action(self, action_id: str) -> dict[str, Any]:
-        """Fetch one async action with its ``result``."""
-        body = await self._request(f"{LIST_PATH}/{action_id}", params={}, endpoint="get")
+        """Fetch one async action with its ``result``; an id that is not a plain Voucherify id is refused unsent."""
+        if not is_action_id(action_id):
+            msg = f"GET {LIST_PATH}/{{id}}: refused an id that is not a plain Voucherify id ([A-Za-z0-9_-], 1 to 64 characters)"
+            raise ClientRequestError(msg)
+        body = await self._request(f"{LIST_PATH}/{quote(action_id, safe='')}", params={}, endpoint="get")
         if not isinstance(body.get("id"), str):
             msg = f"GET {LIST_PATH}/{{id}}: response is not an async action"
             raise BadResponseError(msg)
@@ -163,13 +168,13 @@ class VoucherifyClient:
                 raw = await self._read_body(path, response, endpoint=endpoint)
         except TimeoutError:
             self.calls[(endpoint, "timeout")] += 1
-            raise TransportError(f"GET {path}: timed out") from None
+            raise TransportError(f"GET {path}: {self._where()}: timed out after {self._timeout.total:g}s (RELAY_API_TIMEOUT_S)") from None
         except aiohttp.ClientPayloadError:
             self.calls[(endpoint, "truncated")] += 1
             raise BadResponseError(f"GET {path}: truncated response body") from None
         except aiohttp.ClientError as exc:
             self.calls[(endpoint, "connection_error")] += 1
-            raise TransportError(f"GET {path}: connection failed ({type(exc).__name__})") from None
+            raise TransportError(f"GET {path}: {self._where()}: {_connection_cause(exc)}") from None
         self.calls[(endpoint, str(status))] += 1
         if 300 <= status < 400:  # noqa: PLR2004
             raise _redirect_error(path, status, location=resolve_location(self._base_url + path, response.headers.get("Location")))
@@ -191,6 +196,10 @@ class VoucherifyClient:
         self.calls[(endpoint, "too_large")] += 1
         msg = f"GET {path}: response body larger than RELAY_API_MAX_RESPONSE_BYTES ({cap} bytes)"
         raise BadResponseError(msg)
+    def _where(self) -> str:
+        url = urlsplit(self._base_url)
+        port = url.port or (443 if url.scheme == "https" else 80)
+        return f"cannot reach {url.hostname}:{port} (RELAY_VOUCHERIFY_API_URL)"
 
     def _note_limits(self, headers: Mapping[str, str]) -> None:
         remaining = _header_int(headers, "X-Rate-Limit-Remaining")
@@ -214,6 +223,22 @@ class VoucherifyClient:
         if status >= 500 or status == 408:  # noqa: PLR2004
             return ServerError(where, status=status)
         return ClientRequestError(where, status=status)
+
+
+def _connection_cause(exc: aiohttp.ClientError) -> str:
+    """Say in words why a connection failed (the dependency's exception names mean little to operators)."""
+    if isinstance(exc, aiohttp.ClientConnectorCertificateError):
+        return "TLS certificate not trusted"
+    if isinstance(exc, aiohttp.ClientSSLError):
+        return "TLS handshake failed (is it an https server?)"
+    if isinstance(exc, aiohttp.ClientConnectorDNSError):
+        return "name not resolved"
+    os_error = getattr(exc, "os_error", exc)
+    if isinstance(os_error, ConnectionRefusedError):
+        return "connection refused"
+    if isinstance(exc, aiohttp.ServerDisconnectedError) or isinstance(os_error, ConnectionResetError):
+        return "connection closed by the server"
+    return f"connection failed ({type(exc).__name__})"
 
 
 def _header_int(headers: Mapping[str, str], name: str) -> int | None:

@@ -10,11 +10,27 @@ from daemon.model import ActionSnapshot, Delivery, Event
 
 
 @dataclass(frozen=True, slots=True)
+class Backlog:
+    """List pages a capped cycle still owes: created_at in [owed_until, resume_end_date).
+
+    ``baseline_since`` is set while the backlog is left over from the first run: its
+    unknown finished actions are history unless they finished at or after that moment.
+    """
+
+    resume_end_date: str
+    owed_until: str
+    started_at: float
+    pages_read: int = 0
+    baseline_since: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
 class Cursor:
-    """How far earlier polls got: whether a baseline exists and the newest action seen."""
+    """How far earlier polls got: baseline taken, the newest action seen, list pages still owed."""
 
     first_run: bool
     newest_created_at: str | None
+    backlog: Backlog | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -52,6 +68,8 @@ class CycleResult:
     stuck: Sequence[str] = ()
     newest_created_at: str | None = None
     baseline_done: bool = False
+    backlog: Backlog | None = None
+    backlog_changed: bool = False  # True: persist ``backlog`` (None clears it)
 
 
 @dataclass(frozen=True, slots=True)

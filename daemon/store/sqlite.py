@@ -11,6 +11,7 @@ open, so a file deleted or replaced under a running relay is noticed (``file_pro
 
 from __future__ import annotations
 
+import json
 import sqlite3
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
@@ -19,7 +20,7 @@ from typing import Literal
 
 from daemon.errors import StoreError
 from daemon.model import ActionSnapshot, Delivery, Event
-from daemon.store import AttemptResults, Cursor, CycleResult, OutboxRow, OutboxStats
+from daemon.store import AttemptResults, Backlog, Cursor, CycleResult, OutboxRow, OutboxStats
 
 SCHEMA_VERSION = 1
 _SCHEMA = """
@@ -59,6 +60,7 @@ CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
 CREATE TABLE IF NOT EXISTS api_calls (at REAL NOT NULL);
 CREATE INDEX IF NOT EXISTS api_calls_at ON api_calls (at);
 """
+BACKLOG_KEY = "list_backlog"
 _OUTBOX_COLUMNS = "row_id, event_id, event_type, sink, action_id, status, attempts, created_at, next_attempt_at, last_error"
 
 
@@ -131,10 +133,14 @@ class SqliteStateStore:
     # --- action state -------------------------------------------------------------
 
     def load_cursor(self) -> Cursor:
-        """Return the baseline flag and the newest created_at seen."""
+        """Return the baseline flag, the newest created_at seen and the list backlog, if any."""
         with self._errors("read"):
             meta = dict(self._db.execute("SELECT key, value FROM meta").fetchall())
-        return Cursor(first_run=meta.get("baseline_done") != "1", newest_created_at=meta.get("newest_created_at"))
+        return Cursor(
+            first_run=meta.get("baseline_done") != "1",
+            newest_created_at=meta.get("newest_created_at"),
+            backlog=_backlog_from(meta.get(BACKLOG_KEY)),
+        )
 
     def get_snapshots(self, ids: Iterable[str]) -> dict[str, ActionSnapshot]:
         """Return the stored snapshots of the given action ids."""
@@ -162,7 +168,7 @@ class SqliteStateStore:
     def commit_cycle(self, result: CycleResult, *, now: float) -> int:
         """Persist a cycle's snapshots, forgotten ids, cursor and outbox rows in one transaction."""
         enqueued = 0
-        if not (result.snapshots or result.events or result.forgotten or result.stuck or result.baseline_done or result.newest_created_at):
+        if not _changes_state(result):
             return 0
         with self._transaction():
             self._db.executemany(
@@ -180,7 +186,16 @@ class SqliteStateStore:
                 self._set_meta("newest_created_at", result.newest_created_at)
             if result.baseline_done:
                 self._set_meta("baseline_done", "1")
+            if result.backlog_changed:
+                self._set_backlog(result.backlog)
         return enqueued
+
+    def _set_backlog(self, backlog: Backlog | None) -> None:
+        if backlog is None:
+            self._db.execute("DELETE FROM meta WHERE key = ?", (BACKLOG_KEY,))
+        else:
+            fields = {name: getattr(backlog, name) for name in Backlog.__slots__}
+            self._set_meta(BACKLOG_KEY, json.dumps(fields))
 
     def enqueue(self, event: Event, sinks: Iterable[str], *, now: float) -> int:
         """Add one event for the given sinks outside a poll cycle (send-test, tools)."""
@@ -321,6 +336,20 @@ class SqliteStateStore:
 def _identity(path: Path) -> tuple[int, int]:
     stat = path.stat()
     return stat.st_dev, stat.st_ino
+
+def _changes_state(result: CycleResult) -> bool:
+    flags = (result.baseline_done, result.newest_created_at, result.backlog_changed)
+    return any((result.snapshots, result.events, result.forgotten, result.stuck, *flags))
+
+
+def _backlog_from(raw: str | None) -> Backlog | None:
+    """Decode the persisted backlog; a value this version cannot read is dropped (the next cap hit starts anew)."""
+    if raw is None:
+        return None
+    try:
+        return Backlog(**json.loads(raw))
+    except (ValueError, TypeError):
+        return None
 
 
 def _snapshot_row(s: ActionSnapshot) -> tuple[object, ...]:

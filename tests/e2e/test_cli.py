@@ -47,11 +47,12 @@ async def test_secrets_can_come_from_files(run_cli, tmp_path, standin):
 
 
 async def test_check_says_plainly_when_keys_are_wrong(run_cli, standin):
-    """`check` with a wrong token exits 1 and says the credentials were refused."""
+    """`check` with a wrong token exits 78 (a configuration error) naming the two variables to fix."""
     env = {**BASE, "RELAY_VOUCHERIFY_APP_ID": "app-123", "RELAY_VOUCHERIFY_API_URL": standin.base_url, "RELAY_VOUCHERIFY_APP_TOKEN": "wrong-token-123"}
     code, out, err = await run_cli("check", env=env)
-    assert code == 1
+    assert code == 78
     assert "credentials refused" in out
+    assert "RELAY_VOUCHERIFY_APP_ID and RELAY_VOUCHERIFY_APP_TOKEN" in out
     assert "wrong-token-123" not in out + err
     assert standin.count("list") == 1
 
