@@ -8,8 +8,8 @@ process: start-up queries, the baseline poll, every SQL statement of one steady 
 with SQLite's query plan (to show that none scans a table), peak Python memory
 allocated per cycle (``tracemalloc``), resident memory, the two writes of a steady
 cycle and the hourly prune. Finally one child holds every database open and runs one
-steady cycle of each in turn (the real ``Poller`` with the ``on_request`` hook
-``Relay`` installs, plus the ``outbox_stats`` of the per-cycle log line), so a drift in
+steady cycle of each in turn (the real ``Poller``, then recording the cycle's request times as
+``Relay`` does, plus the ``outbox_stats`` of the per-cycle log line), so a drift in
 the machine's load hits all sizes alike: CPU time (``time.process_time``) and wall
 time per cycle, the dispatcher's once-a-second ``claim_due``, and a bare list request.
 
@@ -19,7 +19,6 @@ time per cycle, the dispatcher's once-a-second ``claim_due``, and a bare list re
 from __future__ import annotations
 
 import asyncio
-import functools
 import gc
 import json
 import random
@@ -118,7 +117,7 @@ async def measure_one(db: Path, url: str, *, mem_cycles: int) -> dict[str, Any]:
     store.dead_letter_unknown_sinks(["webhook"])
     out["startup_ms"] = (time.perf_counter() - started) * 1000
     async with aiohttp.ClientSession() as session:
-        client = VoucherifyClient(session, base_url=url, app_id=APP_ID, app_token=APP_TOKEN, on_request=lambda at: store.record_api_calls([at]))
+        client = VoucherifyClient(session, base_url=url, app_id=APP_ID, app_token=APP_TOKEN)
         poller = Poller(client=client, store=store, route=lambda _e: ["webhook"], stuck_after=timedelta(hours=1))
         for _ in range(6):  # the baseline and warm-up
             await poller.poll_once()
@@ -143,7 +142,7 @@ async def measure_interleaved(dbs: dict[int, Path], url: str, *, cycles: int) ->
         setups = []
         for size, db in dbs.items():
             store = SqliteStateStore(db)
-            client = VoucherifyClient(session, base_url=url, app_id=APP_ID, app_token=APP_TOKEN, on_request=functools.partial(_record_call, store))
+            client = VoucherifyClient(session, base_url=url, app_id=APP_ID, app_token=APP_TOKEN)
             poller = Poller(client=client, store=store, route=lambda _e: ["webhook"], stuck_after=timedelta(hours=1))
             for _ in range(5):
                 await poller.poll_once()
@@ -157,14 +156,11 @@ async def measure_interleaved(dbs: dict[int, Path], url: str, *, cycles: int) ->
     return out
 
 
-def _record_call(store: SqliteStateStore, at: float) -> None:
-    store.record_api_calls([at])
-
-
 async def _one_cycle(poller: Poller, store: SqliteStateStore, client: VoucherifyClient) -> dict[str, float]:
     """Time one steady cycle and, separately, the pieces around it."""
     c0, w0 = time.process_time(), time.perf_counter()
     report = await poller.poll_once()
+    store.record_api_calls(client.take_sent())  # Relay records the cycle's request times for the budget
     store.outbox_stats()  # Relay's per-cycle log line runs it
     c1, w1 = time.process_time(), time.perf_counter()
     stats = store.outbox_stats()

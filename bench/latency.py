@@ -21,7 +21,7 @@ import random
 import sys
 import tempfile
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -45,10 +45,10 @@ from bench.common import (
     relay_env,
 )
 from daemon.app import Relay
+from daemon.bootstrap import build_relay
 from daemon.cadence import Cadence, next_poll
 from daemon.demo.receiver import RecordingReceiver
 from daemon.demo.standin import VoucherifyStandIn
-from daemon.model import Event
 from daemon.settings import load_settings
 
 EXAMPLES = ("CUSTOMERS.IMPORT_CSV", "PRODUCTS.IMPORT_CSV", "VOUCHERS.IMPORT_CSV", "SKUS.IMPORT_CSV")
@@ -84,16 +84,10 @@ async def run_config(overrides: dict[str, str], *, actions: int, window_s: float
     finished: dict[str, float] = {}
     with tempfile.TemporaryDirectory(prefix="bench-latency-") as tmp:
         env = relay_env(tmp, api_url, hook_url, overrides)
-        relay = Relay(load_settings(env))
+        relay = await build_relay(load_settings(env))
         await relay.start()
+        stamping = asyncio.create_task(_stamp_detections(relay, detected))
         try:
-            route = relay.poller._route  # noqa: SLF001 - wrapped only to timestamp detection
-
-            def timed_route(event: Event) -> Sequence[str]:
-                detected.setdefault(str(event.data.get("id")), time.time())
-                return route(event)
-
-            relay.poller._route = timed_route  # noqa: SLF001
             await _until(lambda: relay.last_poll is not None, timeout_s=15)
             rng = random.Random(seed)
             offsets = sorted(rng.uniform(0, window_s) for _ in ids)
@@ -105,6 +99,7 @@ async def run_config(overrides: dict[str, str], *, actions: int, window_s: float
             await _until(lambda: len(first_arrivals(receiver)) >= actions, timeout_s=30)
             list_times = [r.at.timestamp() for r in standin.requests[lists_before:] if r.kind == "list"]
         finally:
+            stamping.cancel()
             await relay.stop(grace_s=2)
             await receiver.close()
             await standin.close()
@@ -119,6 +114,18 @@ async def run_config(overrides: dict[str, str], *, actions: int, window_s: float
         "gets": standin.count("get"),
         "actions": actions,
     }
+
+
+async def _stamp_detections(relay: Relay, detected: dict[str, float]) -> None:
+    """Stamp each action's detection with the moment its cycle committed (the report's ``last_poll_ok_at``)."""
+    seen = None
+    while True:
+        report = relay.last_poll
+        if report is not None and report is not seen and relay.last_poll_ok_at is not None:
+            seen = report
+            for event in report.events:
+                detected.setdefault(str(event.data.get("id")), relay.last_poll_ok_at)
+        await asyncio.sleep(0.002)
 
 
 def _next(moments: list[float], after: float) -> float:

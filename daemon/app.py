@@ -1,165 +1,103 @@
-"""Composition root: settings -> adapters -> scheduler -> signals -> close.
+"""The running daemon: APScheduler jobs (poll, dispatch, prune), the health listener, a clean stop.
 
-Only this module knows every piece. ``Relay`` owns the HTTP session, the store, the
-Voucherify client, the poller, the dispatcher and the APScheduler jobs.
+``Relay`` runs and stops what :func:`daemon.bootstrap.build_relay` gave it; it builds
+nothing. Data flows one way: the poller's cycle commits its events and returns them in
+its report; the relay only counts, logs and paces from that report (:mod:`daemon.pacing`).
 """
 
 from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Callable, Coroutine, Mapping, Sequence
+from collections.abc import Callable, Coroutine, Mapping
+from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Any, Literal
+from typing import Any
 
 import aiohttp
 import structlog
 from apscheduler.schedulers.asyncio import AsyncIOScheduler
 
-from daemon.budget import WINDOW_S, RequestBudget
-from daemon.cadence import Cadence, is_busy, last_activity, next_poll
+from daemon.budget import WINDOW_S
+from daemon.cadence import Cadence
 from daemon.errors import AuthError, BudgetExhaustedError, RateLimitedError, StoreError, VoucherifyError
 from daemon.health import HealthServer, liveness, parse_listen, readiness
 from daemon.lock import InstanceLock
 from daemon.metrics import RelayMetrics, failure_reason
-from daemon.model import Event
-from daemon.outbox import DeliveryPolicy, Dispatcher
+from daemon.outbox import Dispatcher
+from daemon.pacing import AUTH_BACKOFF_S, CycleFacts, Pacing, auth_refused, deferred, started, succeeded, woken
 from daemon.poller import Poller, PollReport
-from daemon.settings import RelaySettings, SinkSettings
+from daemon.settings import RelaySettings
 from daemon.sinks import Sink
-from daemon.sinks.slack import SlackSink
-from daemon.sinks.webhook import WebhookSink
+from daemon.store import OutboxStats
 from daemon.store.sqlite import SqliteStateStore
-from daemon.voucherify import RetryPolicy, VoucherifyClient
+from daemon.voucherify import VoucherifyClient
 
 log = structlog.get_logger("daemon.app")
 DISPATCH_INTERVAL_S = 1.0
 PRUNE_INTERVAL_S = 3600.0
 SHUTDOWN_GRACE_S = 20.0
-AUTH_BACKOFF_S = (60.0, 900.0)
 BLOCKED_UNTIL = "api_blocked_until"  # a 429's Retry-After deadline, kept across restarts
 
 
-def build_sinks(settings: RelaySettings, session: aiohttp.ClientSession) -> dict[str, Sink]:
-    """Create one adapter per configured sink."""
-    sinks: dict[str, Sink] = {}
-    for name, spec in settings.all_sinks().items():
-        if spec.kind == "slack":
-            sinks[name] = SlackSink(name, spec, session, min_interval_s=spec.min_interval_s)
-        else:
-            sinks[name] = WebhookSink(name, spec, session)
-    return sinks
+@dataclass(frozen=True, slots=True)
+class Parts:
+    """Everything a relay runs, built by the composition root."""
 
-
-def route_event(specs: Mapping[str, SinkSettings], event: Event) -> list[str]:
-    """Return the sinks whose filters accept ``event`` (by action type glob and outcome)."""
-    action_type = str(event.data.get("type") or "")
-    outcome = str(event.data.get("outcome") or "")
-    return [name for name, spec in specs.items() if spec.accepts(action_type=action_type, outcome=outcome)]
-
-
-def open_store(settings: RelaySettings, *, mode: Literal["rwc", "rw", "ro"] = "rwc") -> SqliteStateStore:
-    """Open the state database named by RELAY_STATE_URL (``ro``/``rw``: only an existing one)."""
-    return SqliteStateStore(settings.state_path, mode=mode)
+    settings: RelaySettings
+    clock: Callable[[], float]
+    lock: InstanceLock
+    store: SqliteStateStore
+    session: aiohttp.ClientSession
+    client: VoucherifyClient
+    sinks: Mapping[str, Sink]
+    poller: Poller
+    dispatcher: Dispatcher
+    metrics: RelayMetrics
 
 
 class Relay:
-    """The running daemon: poll and dispatch jobs on one event loop."""
+    """Poll and dispatch jobs on one event loop, and their health."""
 
-    def __init__(self, settings: RelaySettings, *, retry: RetryPolicy | None = None) -> None:
-        self.settings = settings
-        self._retry = retry
-        self._lock = InstanceLock(settings.state_path)
-        self._tasks: set[asyncio.Task[Any]] = set()
-        self._resume_at = 0.0
-        self._auth_failures = 0
+    def __init__(self, parts: Parts, *, auth_backoff_s: tuple[float, float] = AUTH_BACKOFF_S) -> None:
+        self._parts = parts
+        self.settings, self.store, self.client, self.metrics = parts.settings, parts.store, parts.client, parts.metrics
+        self.dispatcher = parts.dispatcher
+        self._clock = parts.clock
+        self._auth_backoff_s = auth_backoff_s
+        self.cadence = Cadence(fast_s=self.settings.poll_interval, idle_s=self.settings.idle_poll_interval, budget_per_hour=self.settings.api_budget_per_hour)
+        self.pacing = Pacing(interval_s=self.settings.poll_interval)
         self.last_poll: PollReport | None = None
         self.last_poll_ok_at: float | None = None
-        self.cadence = Cadence(fast_s=settings.poll_interval, idle_s=settings.idle_poll_interval, budget_per_hour=settings.api_budget_per_hour)
-        self._last_activity_at = 0.0
-        self._pace_reason = "busy"
-        self._interval_s = settings.poll_interval
+        self.http_port: int | None = None
+        self._scheduler = AsyncIOScheduler(job_defaults={"coalesce": True, "max_instances": 1, "misfire_grace_time": None})
+        self._tasks: set[asyncio.Task[Any]] = set()
+        self._stopping = False
         self._last_tick = time.monotonic()
         self._poll_started: float | None = None
-        self._last_poll_at = 0.0
-        self._stopping = False
-        self._store_write_error: str | None = None
-        self._file_problem: str | None = None
-        self._seen_events: list[Event] = []
+        self._store_health = StoreHealth(parts.store, parts.dispatcher)
         self._health: HealthServer | None = None
-        self.http_port: int | None = None
-        self.metrics = RelayMetrics()
-        self._sink_specs = settings.all_sinks()
+
+    @property
+    def running(self) -> bool:
+        """Whether the scheduler runs (False before start and after stop)."""
+        return bool(self._scheduler.running) and not self._stopping
 
     async def start(self) -> None:
-        """Open the database, the HTTP session and the adapters; start the scheduler.
-
-        If anything fails on the way, what was opened is closed again before the error propagates.
-        """
-        self._lock.acquire()
-        self._opened: list[SqliteStateStore | aiohttp.ClientSession] = []
+        """Start the listener and the jobs; on failure, close everything before the error propagates."""
         try:
-            await self._start()
+            self.dispatcher.start()
+            self.metrics.declare_sinks(self._parts.sinks)
+            self.metrics.watch(outbox_stats=self.store.outbox_stats, ready=self.ready)
+            await self._start_health()
+            now = datetime.now(tz=UTC)
+            for job, seconds in ((self.poll, self.settings.poll_interval), (self.dispatch, DISPATCH_INTERVAL_S), (self.prune, PRUNE_INTERVAL_S)):
+                self._scheduler.add_job(self._guard(job), "interval", seconds=seconds, id=job.__name__, next_run_time=now)
+            self._scheduler.start()
         except BaseException:
-            await self._close_resources()
+            await self._close()
             raise
-
-    async def _start(self) -> None:
-        self.store = open_store(self.settings)
-        self._opened.append(self.store)
-        self._session = aiohttp.ClientSession(raise_for_status=False)
-        self._opened.append(self._session)
-        history = self.store.api_calls_since(time.time() - WINDOW_S)
-        budget = RequestBudget(self.settings.api_budget_per_hour, history=history)
-        self.client = VoucherifyClient(
-            self._session,
-            base_url=self.settings.voucherify_api_url,
-            app_id=self.settings.voucherify_app_id or "",
-            app_token=self.settings.voucherify_app_token.get_secret_value() if self.settings.voucherify_app_token else "",
-            budget=budget,
-            retry=self._retry or RetryPolicy(max_attempts=self.settings.api_max_attempts),
-            timeout_s=self.settings.api_timeout_s,
-            max_response_bytes=self.settings.api_max_response_bytes,
-            on_request=(lambda at: self.store.record_api_calls([at])) if self.settings.api_budget_per_hour else None,
-            blocked_until=float(self.store.load_meta(BLOCKED_UNTIL) or 0),
-            on_blocked=lambda until: self.store.save_meta(BLOCKED_UNTIL, f"{until:.3f}"),
-        )
-        self.sinks = build_sinks(self.settings, self._session)
-        self.poller = Poller(
-            client=self.client,
-            store=self.store,
-            route=self.route,
-            page_size=self.settings.list_page_size,
-            max_pages=self.settings.max_pages_per_cycle,
-            backfill=self.settings.backfill,
-            stuck_after=self.settings.stuck_after or None,
-            max_event_bytes=self.settings.max_event_bytes,
-        )
-        policy = DeliveryPolicy(max_delay_s=self.settings.delivery_retry_max_delay, max_age_s=self.settings.delivery_max_age.total_seconds())
-        self.dispatcher = Dispatcher(
-            store=self.store, sinks=self.sinks, policy=policy, on_result=self.metrics.delivery_result, on_store_failed=self.metrics.store_write_failed
-        )
-        self.dispatcher.start()
-        self.metrics.declare_sinks(self.sinks)
-        self.metrics.watch(outbox_stats=self.store.outbox_stats, ready=self.ready)
-        await self._start_health()
-        self._scheduler = AsyncIOScheduler(job_defaults={"coalesce": True, "max_instances": 1, "misfire_grace_time": None})
-        now = _now_dt()
-        self._scheduler.add_job(self._guard(self.poll), "interval", seconds=self.settings.poll_interval, id="poll", next_run_time=now)
-        self._scheduler.add_job(self._guard(self.dispatch), "interval", seconds=DISPATCH_INTERVAL_S, id="dispatch", next_run_time=now)
-        self._scheduler.add_job(self._guard(self.prune), "interval", seconds=PRUNE_INTERVAL_S, id="prune", next_run_time=now)
-        self._scheduler.start()
-        log.info(
-            "relay.started",
-            api_url=self.settings.voucherify_api_url,
-            poll_interval_s=self.settings.poll_interval,
-            idle_poll_interval_s=self.settings.idle_poll_interval,
-            api_budget_per_hour=self.settings.api_budget_per_hour,
-            state=str(self.settings.state_path),
-            sinks={name: sink.describe() for name, sink in self.sinks.items()},
-            first_run=self.store.load_cursor().first_run,
-            backfill_s=self.settings.backfill.total_seconds() if self.settings.backfill else None,
-        )
+        _log_started(self._parts, first_run=self.store.load_cursor().first_run)
 
     async def _start_health(self) -> None:
         address = parse_listen(self.settings.http_listen)
@@ -175,38 +113,18 @@ class Relay:
 
     def alive(self) -> tuple[bool, str]:
         """Whether the scheduler runs and its jobs tick (for /healthz and the systemd watchdog)."""
-        running = self._scheduler.running and not self._stopping
-        return liveness(self._last_tick, now=time.monotonic(), scheduler_running=running, poll_started_at=self._poll_started)
+        return liveness(self._last_tick, now=time.monotonic(), scheduler_running=self.running, poll_started_at=self._poll_started)
 
     def ready(self) -> tuple[bool, str]:
         """Whether a poll succeeded recently, the keys are accepted and the state database works (for /readyz)."""
-        interval = max(self.settings.poll_interval, self._interval_s)
         return readiness(
             self.last_poll_ok_at,
-            now=time.time(),
-            poll_interval_s=interval,
-            auth_failed=self._auth_failures > 0,
+            now=self._clock(),
+            poll_interval_s=max(self.settings.poll_interval, self.pacing.interval_s),
+            auth_failed=self.pacing.auth_failures > 0,
             stopping=self._stopping,
-            store_problem=self._store_problem(),
+            store_problem=self._store_health.problem(),
         )
-
-    def _store_problem(self) -> str | None:
-        if self._store_file_gone():
-            return f"{self._file_problem}; polling and deliveries stopped: restore it or restart the relay"
-        cause = self._store_write_error or self.dispatcher.store_failure()
-        return None if cause is None else f"cannot write the state database ({cause})"
-
-    def _store_file_gone(self) -> bool:
-        """Whether the database file was deleted or replaced under us (logged once; it stays so until restart)."""
-        if self._file_problem is None and (problem := self.store.file_problem()) is not None:
-            self._file_problem = problem
-            log.error("store.file_replaced", path=str(self.store.path), problem=problem, hint="polling and deliveries stop; restart the relay")
-        return self._file_problem is not None
-
-    def route(self, event: Event) -> Sequence[str]:
-        """Return the sinks an event goes to."""
-        self._seen_events.append(event)
-        return route_event(self._sink_specs, event)
 
     def _guard(self, job: Callable[[], Coroutine[Any, Any, None]]) -> Callable[[], Coroutine[Any, Any, None]]:
         """Track the running job so shutdown can wait for it."""
@@ -225,140 +143,95 @@ class Relay:
         return run
 
     async def poll(self) -> None:
-        """Run one poll cycle; log its outcome; never raise."""
-        if time.time() < self._resume_at or self._store_file_gone():
+        """Run one poll cycle; log its outcome; pace the next one; never raise."""
+        now = self._clock()
+        if not self.pacing.may_poll(now) or self._store_health.file_gone():
             return
-        self._poll_started = started = time.monotonic()
-        self._last_poll_at = time.time()
-        self._seen_events.clear()
+        self._poll_started = t0 = time.monotonic()
+        self.pacing = started(self.pacing, now=now)
         try:
-            report = await self.poller.poll_once()
+            report = await self._parts.poller.poll_once()
         except Exception as exc:  # noqa: BLE001 - one bad cycle never stops the daemon
             self._poll_failed(exc)
-            self.metrics.poll_failed(failure_reason(exc), duration_s=time.monotonic() - started)
+            self.metrics.poll_failed(failure_reason(exc), duration_s=time.monotonic() - t0)
             return
         finally:
             self._poll_started = None
-            self.metrics.observe_api_calls(self.client.calls)
-            self.metrics.set_rate_limit_remaining(self.client.rate_limit_remaining)
-        self._auth_failures = 0
-        self._store_write_error = None
-        self.last_poll, self.last_poll_ok_at = report, time.time()
-        self.metrics.observe_poll(report, duration_s=time.monotonic() - started)
-        for event in self._seen_events:
-            self.metrics.observe_event(event.type, outcome=event.data.get("outcome"), action_type=event.data.get("type"))
-        self._log_cycle(report, started)
+            self._settle_requests()
+        self._store_health.write_error = None
+        self.last_poll, self.last_poll_ok_at = report, self._clock()
+        self.metrics.observe_poll(report, duration_s=time.monotonic() - t0)
+        _log_cycle(report, client=self.client, outbox=self.store.outbox_stats(), duration_s=time.monotonic() - t0)
         self._pace(report)
         if report.events:
-            self._wake_dispatch()
+            self._schedule("dispatch", self._clock())
+
+    def _settle_requests(self) -> None:
+        """Count the cycle's requests, and persist what must outlive a restart: their times (budget) and a Retry-After."""
+        self.metrics.observe_api_calls(self.client.calls)
+        self.metrics.set_rate_limit_remaining(self.client.rate_limit_remaining)
+        sent = self.client.take_sent()
+        try:
+            if sent and self.settings.api_budget_per_hour:
+                self.store.record_api_calls(sent)
+            if self.client.blocked_until > float(self.store.load_meta(BLOCKED_UNTIL) or 0):
+                self.store.save_meta(BLOCKED_UNTIL, f"{self.client.blocked_until:.3f}")
+        except StoreError as exc:
+            log.error("poll.store_failed", caused_by=str(exc))
 
     def _poll_failed(self, exc: Exception) -> None:
+        now = self._clock()
         if isinstance(exc, AuthError):
-            self._auth_backoff(exc)
+            self.pacing = auth_refused(self.pacing, now=now, backoff_s=self._auth_backoff_s)
+            log.error("poll.auth_failed", caused_by=str(exc), retry_in_s=round(self.pacing.resume_at - now, 3), failures=self.pacing.auth_failures)
         elif isinstance(exc, (RateLimitedError, BudgetExhaustedError)):
-            self._resume_at = exc.retry_at
-            log.warning("poll.deferred", caused_by=str(exc), resume_in_s=round(exc.retry_at - time.time(), 1))
+            self.pacing = deferred(self.pacing, retry_at=exc.retry_at)
+            log.warning("poll.deferred", caused_by=str(exc), resume_in_s=round(exc.retry_at - now, 1))
         elif isinstance(exc, VoucherifyError):
             log.warning("poll.failed", caused_by=str(exc), hint="retried next cycle")
         elif isinstance(exc, StoreError):
-            self._store_write_error = str(exc)
+            self._store_health.write_error = str(exc)
             log.error("poll.store_failed", caused_by=str(exc))
         else:
             log.error("poll.crashed", exc_info=exc)
 
     def _pace(self, report: PollReport) -> None:
         """Schedule the next poll: fast while busy, slow when idle, never above the budget."""
-        now = time.time()
-        self._last_activity_at = last_activity(
-            self._last_activity_at,
-            now=now,
+        now, before = self._clock(), self.pacing.reason
+        facts = CycleFacts(
             in_flight=report.in_flight or int(report.backlog_window_s is not None),  # stay fast while a list backlog is owed
             transitions=report.transitions,
             first_run=report.first_run,
+            remaining=self.client.rate_limit_remaining,
+            limit=self.client.rate_limit_limit,
         )
-        busy = is_busy(self.cadence, now=now, last_activity_at=self._last_activity_at)
-        decision = next_poll(self.cadence, busy=busy, remaining=self.client.rate_limit_remaining, limit=self.client.rate_limit_limit)
-        if decision.reason != self._pace_reason:
-            self._log_pace(decision.reason, decision.interval_s)
-            self._pace_reason = decision.reason
-        self._interval_s = decision.interval_s
-        job = self._scheduler.get_job("poll")
-        if job is not None:
-            job.modify(next_run_time=datetime.fromtimestamp(now + decision.interval_s, tz=UTC))
-
-    def _log_pace(self, reason: str, interval_s: float) -> None:
-        if reason == "budget":
-            hint = "RELAY_API_BUDGET_PER_HOUR spreads polls evenly; raise it for faster detection"
-            log.warning("poll.budget_binding", interval_s=round(interval_s, 1), hint=hint)
-        elif reason == "rate_limit":
-            client = self.client
-            hint = "slowing down to leave headroom for your application"
-            log.warning("poll.rate_limit_low", interval_s=interval_s, remaining=client.rate_limit_remaining, limit=client.rate_limit_limit, hint=hint)
-        else:
-            log.info("poll.pace", mode=reason, interval_s=interval_s)
+        self.pacing, decision = succeeded(self.pacing, facts, cadence=self.cadence, now=now)
+        if decision.reason != before:
+            _log_pace(decision.reason, decision.interval_s, client=self.client)
+        self._schedule("poll", now + decision.interval_s)
 
     def watch(self, action_id: str) -> None:
-        """Your application just started ``action_id``: poll now and stay fast while it runs."""
+        """Your application just started ``action_id``: poll soon and stay fast while it runs (wakes coalesce)."""
         log.info("watch.requested", action_id=action_id)
-        self.wake_poll()
+        self.pacing, wake_at = woken(self.pacing, cadence=self.cadence, now=self._clock())
+        self._schedule("poll", wake_at, only_sooner=True)
 
-    def wake_poll(self) -> None:
-        """Poll soon and stay fast for a while (new activity is expected).
-
-        Wakes coalesce: the next poll comes no sooner than one fast interval (or the
-        budget's floor, if longer) after the last one started, and never later than planned.
-        """
-        now = time.time()
-        self._last_activity_at = now
-        job = self._scheduler.get_job("poll")
-        if job is None:
-            return
-        floor_s = max(self.cadence.fast_s, self.cadence.budget_floor_s)
-        wake_at = datetime.fromtimestamp(max(now, self._last_poll_at + floor_s), tz=UTC)
-        if job.next_run_time is None or wake_at < job.next_run_time:
-            job.modify(next_run_time=wake_at)
-
-    def _log_cycle(self, report: PollReport, started: float) -> None:
-        stats = self.store.outbox_stats()
-        log.info(
-            "poll.completed",
-            listed=report.listed,
-            pages=report.pages,
-            transitions=report.transitions,
-            events=report.events,
-            in_flight=report.in_flight,
-            api_calls=report.api_calls,
-            rate_limit_remaining=self.client.rate_limit_remaining,
-            outbox_pending=stats.pending,
-            dead_letters=stats.dead,
-            baseline=report.first_run or None,
-            backlog_pages=report.backlog_pages or None,
-            backlog_window_s=None if report.backlog_window_s is None else round(report.backlog_window_s, 1),
-            backlog_pages_owed=report.backlog_pages_owed,
-            duration_ms=round((time.monotonic() - started) * 1000, 1),
-        )
-
-    def _auth_backoff(self, exc: AuthError) -> None:
-        self._auth_failures += 1
-        pause = min(AUTH_BACKOFF_S[1], AUTH_BACKOFF_S[0] * 2 ** (self._auth_failures - 1))
-        self._resume_at = time.time() + pause
-        log.error("poll.auth_failed", caused_by=str(exc), retry_in_s=pause, failures=self._auth_failures)
-
-    def _wake_dispatch(self) -> None:
-        job = self._scheduler.get_job("dispatch")
-        if job is not None:
-            job.modify(next_run_time=_now_dt())
+    def _schedule(self, job_id: str, at: float, *, only_sooner: bool = False) -> None:
+        job = self._scheduler.get_job(job_id)
+        when = datetime.fromtimestamp(at, tz=UTC)
+        if job is not None and not (only_sooner and job.next_run_time is not None and job.next_run_time <= when):
+            job.modify(next_run_time=when)
 
     async def dispatch(self) -> None:
         """Start draining sinks with due deliveries; each drains on its own task."""
         self._last_tick = time.monotonic()
-        if not self._store_file_gone():
+        if not self._store_health.file_gone():
             self.dispatcher.kick()
 
     async def prune(self) -> None:
         """Delete delivered rows and terminal actions older than RELAY_RETENTION."""
         try:
-            now = time.time()
+            now = self._clock()
             deliveries, actions = self.store.prune(older_than=now - self.settings.retention.total_seconds(), calls_older_than=now - WINDOW_S)
         except StoreError as exc:
             log.error("prune.failed", caused_by=str(exc))
@@ -383,20 +256,83 @@ class Relay:
         unrecorded = self.dispatcher.flush_unrecorded()
         if unrecorded:
             log.error("relay.results_unrecorded", rows=unrecorded, hint="the state database could not be written; these rows are sent once more after restart")
-        await self._close_resources()
+        await self._close()
         log.info("relay.stopped")
 
-    async def _close_resources(self) -> None:
+    async def _close(self) -> None:
         if self._health is not None:
             await self._health.close()
-        for resource in reversed(self._opened):
-            if isinstance(resource, aiohttp.ClientSession):
-                await resource.close()
-            else:
-                resource.close()
-        self._opened.clear()
-        self._lock.release()
+            self._health = None
+        await self._parts.session.close()
+        self.store.close()
+        self._parts.lock.release()  # after the store: closing the lock's handle drops this process's locks on the file
 
 
-def _now_dt() -> datetime:
-    return datetime.now(tz=UTC)
+class StoreHealth:
+    """Whether the state database still works: its file is the one opened, and writes succeed."""
+
+    def __init__(self, store: SqliteStateStore, dispatcher: Dispatcher) -> None:
+        self._store = store
+        self._dispatcher = dispatcher
+        self._file_problem: str | None = None
+        self.write_error: str | None = None  # the last poll commit's failure, cleared by the next success
+
+    def problem(self) -> str | None:
+        """Return why the store does not work, or None."""
+        if self.file_gone():
+            return f"{self._file_problem}; polling and deliveries stopped: restore it or restart the relay"
+        cause = self.write_error or self._dispatcher.store_failure()
+        return None if cause is None else f"cannot write the state database ({cause})"
+
+    def file_gone(self) -> bool:
+        """Whether the database file was deleted or replaced under us (logged once; it stays so until restart)."""
+        if self._file_problem is None and (problem := self._store.file_problem()) is not None:
+            self._file_problem = problem
+            log.error("store.file_replaced", path=str(self._store.path), problem=problem, hint="polling and deliveries stop; restart the relay")
+        return self._file_problem is not None
+
+
+def _log_started(parts: Parts, *, first_run: bool) -> None:
+    settings = parts.settings
+    log.info(
+        "relay.started",
+        api_url=settings.voucherify_api_url,
+        poll_interval_s=settings.poll_interval,
+        idle_poll_interval_s=settings.idle_poll_interval,
+        api_budget_per_hour=settings.api_budget_per_hour,
+        state=str(settings.state_path),
+        sinks={name: sink.describe() for name, sink in parts.sinks.items()},
+        first_run=first_run,
+        backfill_s=settings.backfill.total_seconds() if settings.backfill else None,
+    )
+
+
+def _log_cycle(report: PollReport, *, client: VoucherifyClient, outbox: OutboxStats, duration_s: float) -> None:
+    log.info(
+        "poll.completed",
+        listed=report.listed,
+        pages=report.pages,
+        transitions=report.transitions,
+        events=len(report.events),
+        in_flight=report.in_flight,
+        api_calls=report.api_calls,
+        rate_limit_remaining=client.rate_limit_remaining,
+        outbox_pending=outbox.pending,
+        dead_letters=outbox.dead,
+        baseline=report.first_run or None,
+        backlog_pages=report.backlog_pages or None,
+        backlog_window_s=None if report.backlog_window_s is None else round(report.backlog_window_s, 1),
+        backlog_pages_owed=report.backlog_pages_owed,
+        duration_ms=round(duration_s * 1000, 1),
+    )
+
+
+def _log_pace(reason: str, interval_s: float, *, client: VoucherifyClient) -> None:
+    if reason == "budget":
+        hint = "RELAY_API_BUDGET_PER_HOUR spreads polls evenly; raise it for faster detection"
+        log.warning("poll.budget_binding", interval_s=round(interval_s, 1), hint=hint)
+    elif reason == "rate_limit":
+        hint = "slowing down to leave headroom for your application"
+        log.warning("poll.rate_limit_low", interval_s=interval_s, remaining=client.rate_limit_remaining, limit=client.rate_limit_limit, hint=hint)
+    else:
+        log.info("poll.pace", mode=reason, interval_s=interval_s)

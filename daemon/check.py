@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import aiohttp
 
+from daemon.bootstrap import build_client
 from daemon.cadence import Cadence, estimate_cost, plan_report
 from daemon.errors import AuthError, ConfigError, RedirectError, VoucherifyError
 from daemon.settings import RelaySettings
-from daemon.voucherify import RetryPolicy, VoucherifyClient
+from daemon.voucherify import RetryPolicy
 
 EX_CONFIG = 78  # refused credentials are a configuration error, like cli.EX_CONFIG
 
@@ -22,15 +23,7 @@ async def run_check(settings: RelaySettings) -> int:
         print("sinks: none configured: `run` needs RELAY_WEBHOOK_URL or RELAY_SINKS__<NAME>__KIND/URL")
     print_cost(settings)
     async with aiohttp.ClientSession() as session:
-        client = VoucherifyClient(
-            session,
-            base_url=settings.voucherify_api_url,
-            app_id=settings.voucherify_app_id or "",
-            app_token=settings.voucherify_app_token.get_secret_value() if settings.voucherify_app_token else "",
-            retry=RetryPolicy(max_attempts=1),
-            timeout_s=settings.api_timeout_s,
-            max_response_bytes=settings.api_max_response_bytes,
-        )
+        client = build_client(settings, session, retry=RetryPolicy(max_attempts=1))
         try:
             page = await client.list_page(limit=1)
         except RedirectError as exc:

@@ -99,7 +99,7 @@ def _check() -> int:
 
 
 def _outbox_list(*, dead: bool, as_json: bool, limit: int) -> int:
-    from daemon.app import open_store  # noqa: PLC0415
+    from daemon.bootstrap import open_store  # noqa: PLC0415
 
     store = open_store(_settings(require_api=False, require_sink=False), mode="ro")
     rows = store.list_outbox(dead=dead, limit=limit)
@@ -123,7 +123,7 @@ def _row_dict(row: object) -> dict[str, object]:
 
 
 def _outbox_replay(*, row_id: int | None, dead: bool) -> int:
-    from daemon.app import open_store  # noqa: PLC0415
+    from daemon.bootstrap import open_store  # noqa: PLC0415
 
     store = open_store(_settings(require_api=False, require_sink=False), mode="rw")
     count = store.replay(None if dead else row_id, now=time.time())

@@ -17,6 +17,7 @@ import structlog
 
 from daemon import systemd
 from daemon.app import Relay
+from daemon.bootstrap import build_relay
 from daemon.settings import RelaySettings
 from daemon.voucherify import RetryPolicy
 
@@ -27,7 +28,7 @@ async def run_relay(settings: RelaySettings, *, stop: asyncio.Event | None = Non
     """Run the relay until SIGTERM/SIGINT (or ``stop`` is set)."""
     stop = stop or asyncio.Event()
     _install_signal_handlers(stop)
-    relay = Relay(settings, retry=retry)
+    relay = await build_relay(settings, retry=retry)
     await relay.start()
     systemd.notify(systemd.READY + "\n" + systemd.status("polling Voucherify"))
     watchdog = _start_watchdog(relay)

@@ -110,7 +110,7 @@ class RelayMetrics:
             self.polls.labels(outcome=outcome)
 
     def observe_poll(self, report: PollReport, *, duration_s: float) -> None:
-        """Count a successful cycle: its duration, transitions and in-flight actions."""
+        """Count a successful cycle: its duration, transitions, in-flight actions and the events it made."""
         self.polls.labels(outcome="success").inc()
         self.poll_duration.observe(duration_s)
         self.transitions.inc(report.transitions)
@@ -118,6 +118,8 @@ class RelayMetrics:
         self.list_backlog.set(report.backlog_window_s or 0.0)
         self.list_backlog_pages.set(report.backlog_pages_owed or 0)
         self.last_success.set(self._clock())
+        for event in report.events:
+            self.observe_event(event.type, outcome=event.data.get("outcome"), action_type=event.data.get("type"))
 
     def poll_failed(self, reason: str, *, duration_s: float | None = None) -> None:
         """Count a failed cycle; ``reason`` is one of POLL_FAILURE_REASONS (see ``failure_reason``)."""

@@ -39,7 +39,7 @@ class PollReport:
     listed: int = 0
     pages: int = 0
     transitions: int = 0
-    events: int = 0
+    events: tuple[Event, ...] = ()  # what the cycle committed to the outbox, for metrics and logs
     api_calls: int = 0
     in_flight: int = 0
     ordered: bool = True
@@ -108,7 +108,7 @@ class Poller:
             backlog_changed=window.backlog != cursor.backlog,
         )
         self._store.commit_cycle(result, now=self._clock())
-        made = len(result.events)
+        made = tuple(event for event, _ in result.events)
         return self._report(window, cursor, current=[*listed, *owed, *rechecked], events=made, kept=len(kept), calls_before=calls_before)
 
     def _plan(self, cursor: Cursor, *, now: datetime) -> ListPlan:
@@ -131,7 +131,9 @@ class Poller:
         new_after = parse_timestamp(backlog.owed_until) if backlog else None
         return diff(previous, owed, first_run=cursor.first_run or since is not None, backfill_since=since, new_after=new_after)
 
-    def _report(self, window: ListWindow, cursor: Cursor, *, current: Sequence[ActionSnapshot], events: int, kept: int, calls_before: int) -> PollReport:
+    def _report(
+        self, window: ListWindow, cursor: Cursor, *, current: Sequence[ActionSnapshot], events: tuple[Event, ...], kept: int, calls_before: int
+    ) -> PollReport:
         window_s = backlog_window_s(window.backlog)
         return PollReport(
             listed=len(window.items) + len(window.backlog_items),

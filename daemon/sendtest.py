@@ -8,7 +8,7 @@ from datetime import UTC, datetime
 
 import aiohttp
 
-from daemon.app import build_sinks
+from daemon.bootstrap import build_sinks
 from daemon.errors import ConfigError
 from daemon.model import Delivery
 from daemon.normalize import test_event

@@ -85,9 +85,7 @@ class VoucherifyClient:
         budget: RequestBudget | None = None,
         retry: RetryPolicy | None = None,
         timeout_s: float = 10.0,
-        on_request: Callable[[float], None] | None = None,
         blocked_until: float = 0.0,
-        on_blocked: Callable[[float], None] | None = None,
         max_response_bytes: int = DEFAULT_MAX_RESPONSE_BYTES,
     ) -> None:
         self._session = session
@@ -96,9 +94,8 @@ class VoucherifyClient:
         self._budget = budget or RequestBudget(None)
         self._retry = retry or RetryPolicy()
         self._timeout = aiohttp.ClientTimeout(total=timeout_s)
-        self._on_request = on_request
         self._blocked_until = blocked_until
-        self._on_blocked = on_blocked
+        self._sent: list[float] = []
         self._max_response_bytes = max_response_bytes
         self.calls: Counter[tuple[str, str]] = Counter()  # (endpoint, status or error kind)
         self.rate_limit_remaining: int | None = None
@@ -111,6 +108,16 @@ class VoucherifyClient:
     def requests_sent(self) -> int:
         """Return how many requests this client has sent."""
         return sum(self.calls.values())
+
+    @property
+    def blocked_until(self) -> float:
+        """Return the latest Retry-After deadline Voucherify gave (0: none); the owner persists it."""
+        return self._blocked_until
+
+    def take_sent(self) -> list[float]:
+        """Return the send times of the requests made since the last call (the owner records them for the budget)."""
+        sent, self._sent = self._sent, []
+        return sent
 
     async def list_page(self, *, limit: int, end_date: str | None = None) -> ListPage:
         """Fetch one page of the async-actions list."""
@@ -159,8 +166,7 @@ class VoucherifyClient:
             msg = f"GET {path}: Voucherify asked to wait until {self._blocked_until:.0f} (Retry-After)"
             raise RateLimitedError(msg, retry_at=self._blocked_until, status=429)
         self._budget.acquire(now)
-        if self._on_request:
-            self._on_request(now)
+        self._sent.append(now)
         try:
             async with self._session.get(self._base_url + path, params=params, headers=self._headers, timeout=self._timeout, allow_redirects=False) as response:
                 self._note_limits(response.headers)
@@ -217,8 +223,6 @@ class VoucherifyClient:
         if status == 429:  # noqa: PLR2004
             retry_at = _retry_at(headers, now=time.time())
             self._blocked_until = max(self._blocked_until, retry_at)
-            if self._on_blocked:
-                self._on_blocked(self._blocked_until)
             return RateLimitedError(where, retry_at=retry_at, status=status)
         if status >= 500 or status == 408:  # noqa: PLR2004
             return ServerError(where, status=status)

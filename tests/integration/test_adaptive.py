@@ -16,7 +16,7 @@ async def test_idle_relay_polls_slowly_and_wakes_on_activity(standin, receiver, 
         idle_polls = standin.count("list")
         assert idle_polls <= 3
         action_id = standin.add_action(status="IN_PROGRESS")
-        await until(lambda: relay._pace_reason == "busy", timeout_s=3)
+        await until(lambda: relay.pacing.reason == "busy", timeout_s=3)
         before = standin.count("list")
         await asyncio.sleep(0.6)
         assert standin.count("list") - before >= 4, "fast pace while an action is in flight"
@@ -29,7 +29,7 @@ async def test_low_rate_limit_remaining_slows_down(standin, receiver, make_setti
     standin.rate_limit.per_minute = 30  # the stand-in as a project with 30 requests a minute
     standin.add_action(status="IN_PROGRESS")  # busy: would poll every 0.1 s
     async with running(make_settings(poll_interval="0.1", idle_poll_interval="0.5")) as relay:
-        await until(lambda: relay._pace_reason == "rate_limit", timeout_s=10)
+        await until(lambda: relay.pacing.reason == "rate_limit", timeout_s=10)
         before = standin.count("list")
         await asyncio.sleep(1.0)
         assert standin.count("list") - before <= 3

@@ -74,7 +74,7 @@ async def test_junk_list_entries_are_logged_and_skipped(standin, receiver, make_
             await until(lambda: expected <= receiver.delivered_ids())
             lists = standin.count("list")
             await until(lambda: standin.count("list") >= lists + 3)
-            assert relay._scheduler.running
+            assert relay.running
     assert receiver.delivered_ids() == expected
     events = [e["event"] for e in logs]
     assert "poll.crashed" not in events

@@ -8,6 +8,7 @@ from contextlib import asynccontextmanager
 from datetime import UTC, datetime, timedelta
 
 from daemon.app import Relay
+from daemon.bootstrap import build_relay
 from daemon.demo.receiver import verify_signature
 from daemon.settings import RelaySettings
 from daemon.voucherify import RetryPolicy
@@ -19,7 +20,7 @@ FAST = RetryPolicy(max_attempts=3, backoff_max_s=0.05, backoff_multiplier_s=0.01
 @asynccontextmanager
 async def running(settings: RelaySettings) -> AsyncIterator[Relay]:
     """Run a relay for the body of the block."""
-    relay = Relay(settings, retry=FAST)
+    relay = await build_relay(settings, retry=FAST)
     await relay.start()
     watch_output(lambda: relay.metrics.render().decode())
     try:
@@ -183,9 +184,9 @@ async def test_bad_credentials_are_loud_and_do_not_crash(standin, receiver, make
     """A 401 is never retried and polling backs off instead of hammering with bad keys."""
     standin.inject("401", path="list", times=50)
     async with running(make_settings()) as relay:
-        await until(lambda: relay._auth_failures >= 1)
+        await until(lambda: relay.pacing.auth_failures >= 1)
         await asyncio.sleep(0.6)  # six poll intervals
-        assert relay._scheduler.running
+        assert relay.running
     assert standin.count("list") == 1
     assert relay.last_poll is None
 
@@ -198,7 +199,7 @@ async def test_budget_is_never_exceeded(standin, make_settings):
         await asyncio.sleep(0.5)
         assert standin.count("any") == 1, "the budget spreads polls (one per 900 s here)"
         for _ in range(8):
-            relay.wake_poll()
+            relay.watch("aa_started_by_the_app")
             await asyncio.sleep(0.1)
         assert standin.count("any") == 1, "a wake never polls under the budget's floor"
         for _ in range(8):

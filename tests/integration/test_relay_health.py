@@ -44,7 +44,7 @@ async def test_not_ready_when_credentials_are_refused(standin, receiver, make_se
     """A 401 makes /readyz answer 503 naming the cause, while /healthz stays 200."""
     standin.inject("401", path="list", times=5)
     async with running(make_settings(http_listen="127.0.0.1:0")) as relay:
-        await until(lambda: relay._auth_failures >= 1)
+        await until(lambda: relay.pacing.auth_failures >= 1)
         status, body = await get(relay.http_port, "/readyz")
         assert (status, "credentials" in body) == (503, True)
         assert (await get(relay.http_port, "/healthz"))[0] == 200

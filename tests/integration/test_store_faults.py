@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 from structlog.testing import capture_logs
 
-from daemon.app import Relay
+from daemon.bootstrap import build_relay
 from daemon.errors import StoreError
 from daemon.model import Event, event_id_for
 from daemon.store import CycleResult
@@ -42,9 +42,8 @@ async def test_a_second_relay_on_the_same_state_is_refused(make_settings):
     """While one relay runs, another on the same state file fails at start naming the locked file; once it stops, a new one starts."""
     settings = make_settings()
     async with running(settings):
-        second = Relay(settings, retry=FAST)
         with pytest.raises(StoreError, match=r"already running .*state\.db is locked"):
-            await second.start()
+            await build_relay(settings, retry=FAST)
     async with running(settings) as relay:
         await baseline(relay)
 
@@ -56,7 +55,7 @@ async def test_a_file_that_is_not_a_database_is_refused(make_settings):
     with pytest.raises(StoreError, match=r"state database .*state\.db: cannot open: file is not a database"):
         SqliteStateStore(settings.state_path)
     with pytest.raises(StoreError, match="file is not a database"):
-        await Relay(settings, retry=FAST).start()
+        await build_relay(settings, retry=FAST)
     settings.state_path.unlink()
     async with running(settings) as relay:  # the failed start released the lock
         await baseline(relay)
@@ -97,7 +96,7 @@ async def test_a_corrupted_database_fails_the_start_and_releases_everything(make
     filled_store(settings.state_path)
     corrupt(settings.state_path)
     with pytest.raises(StoreError, match="malformed"):
-        await Relay(settings, retry=FAST).start()
+        await build_relay(settings, retry=FAST)
     settings.state_path.unlink()
     async with running(settings) as relay:
         await baseline(relay)
@@ -156,7 +155,7 @@ async def test_a_database_locked_by_another_process_defers_polling_and_loses_not
             assert receiver.requests == []
             await holder.wait()
             await until(lambda: len(receiver.delivered) == 1, timeout_s=10)
-            assert relay._scheduler.running
+            assert relay.running
     failed = [e for e in logs if e["event"] == "poll.store_failed"]
     assert "database is locked" in failed[0]["caused_by"]
     assert receiver.delivered_ids() == {event_id_for(action_id, "async_action.completed")}

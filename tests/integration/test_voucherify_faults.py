@@ -15,8 +15,8 @@ from typing import Any
 
 import pytest
 
-import daemon.app
 from daemon.app import Relay
+from daemon.bootstrap import build_relay
 from daemon.demo.receiver import RecordingReceiver
 from daemon.demo.standin import VoucherifyStandIn
 from daemon.model import event_id_for
@@ -61,9 +61,9 @@ CASES = [
 
 
 @asynccontextmanager
-async def relay_running(settings) -> AsyncIterator[Relay]:
+async def relay_running(settings, *, auth_backoff_s: tuple[float, float] = (60.0, 900.0)) -> AsyncIterator[Relay]:
     """Run a relay (fast retries, no waiting but Retry-After) for the block; stop it whatever happens."""
-    relay = Relay(settings, retry=FAST)
+    relay = await build_relay(settings, retry=FAST, auth_backoff_s=auth_backoff_s)
     await relay.start()
     metrics = getattr(relay, "metrics", None)
     if metrics is not None:
@@ -99,15 +99,14 @@ def assert_retry_after_honoured(standin: VoucherifyStandIn, retry_after_s: float
 
 
 @pytest.mark.parametrize("case", CASES, ids=[c.name for c in CASES])
-async def test_the_relay_survives_api_faults(case, standin, receiver: RecordingReceiver, make_settings, monkeypatch):
+async def test_the_relay_survives_api_faults(case, standin, receiver: RecordingReceiver, make_settings):
     """Under the case's faults the relay keeps polling, and exactly the real completion events arrive, once the API recovers.
 
-    ``daemon.app.AUTH_BACKOFF_S`` is shortened to (0.2, 0.5) s: it is a tuning constant (60 s to 15 min in
+    The 401/403 back-off is shortened to (0.2, 0.5) s through ``build_relay``: it is a tuning constant (60 s to 15 min in
     production), not behaviour under test; the back-off itself is still what the relay does after 401/403.
     """
-    monkeypatch.setattr(daemon.app, "AUTH_BACKOFF_S", (0.2, 0.5))
     ids = [standin.add_action("CUSTOMERS.IMPORT_CSV") for _ in range(ACTIONS)]
-    async with relay_running(make_settings(list_page_size=PAGE_SIZE, **case.settings)) as relay:
+    async with relay_running(make_settings(list_page_size=PAGE_SIZE, **case.settings), auth_backoff_s=(0.2, 0.5)) as relay:
         await until(lambda: relay.last_poll is not None)
         for kind, path, times, params in case.faults:
             standin.inject(kind, path=path, times=times, **params)
@@ -122,7 +121,7 @@ async def test_the_relay_survives_api_faults(case, standin, receiver: RecordingR
         assert standin.faults.pending == (), "every injected fault was hit"
         lists = standin.count("list")
         await until(lambda: standin.count("list") >= lists + 3)  # a few clean cycles: nothing false comes late
-        assert relay._scheduler.running
+        assert relay.running
         assert relay.last_poll_ok_at is not None
         if vanished:
             assert vanished not in relay.store.in_flight()

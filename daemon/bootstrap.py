@@ -1,0 +1,151 @@
+"""The composition root: settings -> adapters -> a :class:`~daemon.app.Relay`.
+
+Only this module knows every piece. ``run``, ``check``, ``send-test``, the demo and the
+tests all build what they need here; tests pass their own clock, session, store, client
+or sinks as arguments instead of reaching into a running relay.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Mapping
+from contextlib import AsyncExitStack
+from functools import partial
+from typing import Literal
+
+import aiohttp
+
+from daemon.app import Parts, Relay
+from daemon.budget import WINDOW_S, RequestBudget
+from daemon.lock import InstanceLock
+from daemon.metrics import RelayMetrics
+from daemon.model import Event
+from daemon.outbox import DeliveryPolicy, Dispatcher
+from daemon.pacing import AUTH_BACKOFF_S
+from daemon.poller import Poller
+from daemon.settings import RelaySettings, SinkSettings
+from daemon.sinks import Sink
+from daemon.sinks.slack import SlackSink
+from daemon.sinks.webhook import WebhookSink
+from daemon.store.sqlite import SqliteStateStore
+from daemon.voucherify import RetryPolicy, VoucherifyClient
+
+BLOCKED_UNTIL = "api_blocked_until"  # a 429's Retry-After deadline, kept across restarts
+
+
+def build_sinks(settings: RelaySettings, session: aiohttp.ClientSession) -> dict[str, Sink]:
+    """Create one adapter per configured sink."""
+    sinks: dict[str, Sink] = {}
+    for name, spec in settings.all_sinks().items():
+        if spec.kind == "slack":
+            sinks[name] = SlackSink(name, spec, session, min_interval_s=spec.min_interval_s)
+        else:
+            sinks[name] = WebhookSink(name, spec, session)
+    return sinks
+
+
+def build_client(
+    settings: RelaySettings,
+    session: aiohttp.ClientSession,
+    *,
+    retry: RetryPolicy | None = None,
+    budget: RequestBudget | None = None,
+    blocked_until: float = 0.0,
+) -> VoucherifyClient:
+    """Create the Voucherify client the settings describe."""
+    token = settings.voucherify_app_token.get_secret_value() if settings.voucherify_app_token else ""
+    return VoucherifyClient(
+        session,
+        base_url=settings.voucherify_api_url,
+        app_id=settings.voucherify_app_id or "",
+        app_token=token,
+        budget=budget,
+        retry=retry or RetryPolicy(max_attempts=settings.api_max_attempts),
+        timeout_s=settings.api_timeout_s,
+        max_response_bytes=settings.api_max_response_bytes,
+        blocked_until=blocked_until,
+    )
+
+
+def route_event(specs: Mapping[str, SinkSettings], event: Event) -> list[str]:
+    """PURE: return the sinks whose filters accept ``event`` (by action type glob and outcome)."""
+    action_type = str(event.data.get("type") or "")
+    outcome = str(event.data.get("outcome") or "")
+    return [name for name, spec in specs.items() if spec.accepts(action_type=action_type, outcome=outcome)]
+
+
+def open_store(settings: RelaySettings, *, mode: Literal["rwc", "rw", "ro"] = "rwc") -> SqliteStateStore:
+    """Open the state database named by RELAY_STATE_URL (``ro``/``rw``: only an existing one)."""
+    return SqliteStateStore(settings.state_path, mode=mode)
+
+
+async def build_relay(
+    settings: RelaySettings,
+    *,
+    clock: Callable[[], float] = time.time,
+    session: aiohttp.ClientSession | None = None,
+    store: SqliteStateStore | None = None,
+    client: VoucherifyClient | None = None,
+    sinks: Mapping[str, Sink] | None = None,
+    retry: RetryPolicy | None = None,
+    auth_backoff_s: tuple[float, float] = AUTH_BACKOFF_S,
+) -> Relay:
+    """Open (or take) every adapter the relay needs and return it, not yet started.
+
+    The relay owns what it is given and closes it on stop. If building fails, whatever was
+    opened here is closed again before the error propagates.
+    """
+    async with AsyncExitStack() as undo:
+        lock = InstanceLock(settings.state_path)
+        lock.acquire()
+        undo.callback(lock.release)
+        if store is None:
+            store = open_store(settings)
+            undo.callback(store.close)
+        if session is None:
+            session = aiohttp.ClientSession(raise_for_status=False)
+            undo.push_async_callback(session.close)
+        if client is None:
+            budget = RequestBudget(settings.api_budget_per_hour, history=store.api_calls_since(clock() - WINDOW_S))
+            client = build_client(settings, session, retry=retry, budget=budget, blocked_until=float(store.load_meta(BLOCKED_UNTIL) or 0))
+        parts = _assemble(settings, clock=clock, lock=lock, store=store, session=session, client=client, sinks=sinks or build_sinks(settings, session))
+        undo.pop_all()
+    return Relay(parts, auth_backoff_s=auth_backoff_s)
+
+
+def _assemble(
+    settings: RelaySettings,
+    *,
+    clock: Callable[[], float],
+    lock: InstanceLock,
+    store: SqliteStateStore,
+    session: aiohttp.ClientSession,
+    client: VoucherifyClient,
+    sinks: Mapping[str, Sink],
+) -> Parts:
+    metrics = RelayMetrics(clock=clock)
+    poller = Poller(
+        client=client,
+        store=store,
+        route=partial(route_event, settings.all_sinks()),
+        page_size=settings.list_page_size,
+        max_pages=settings.max_pages_per_cycle,
+        backfill=settings.backfill,
+        stuck_after=settings.stuck_after or None,
+        clock=clock,
+        max_event_bytes=settings.max_event_bytes,
+    )
+    policy = DeliveryPolicy(max_delay_s=settings.delivery_retry_max_delay, max_age_s=settings.delivery_max_age.total_seconds())
+    dispatcher = Dispatcher(store=store, sinks=sinks, policy=policy, clock=clock, on_result=metrics.delivery_result, on_store_failed=metrics.store_write_failed)
+    return Parts(
+        settings=settings,
+        clock=clock,
+        lock=lock,
+        store=store,
+        session=session,
+        client=client,
+        sinks=sinks,
+        poller=poller,
+        dispatcher=dispatcher,
+        metrics=metrics,
+    )

@@ -1,0 +1,78 @@
+"""PURE: what the poll scheduler remembers between cycles, and how each outcome moves it.
+
+``cadence.next_poll`` decides one interval; this module keeps the state around it: when
+the last poll ran, when activity was last seen, how many times the keys were refused in
+a row, and until when polling is paused (a 401/403 back-off, a 429's Retry-After, the
+spent hourly budget). The relay holds one ``Pacing`` value and replaces it after every
+cycle, wake-up or failure; tests read it as a public value.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, replace
+
+from daemon.cadence import Cadence, Decision, is_busy, last_activity, next_poll
+
+AUTH_BACKOFF_S = (60.0, 900.0)  # first pause after a 401/403, and its ceiling: doubles per refusal
+
+
+@dataclass(frozen=True, slots=True)
+class Pacing:
+    """The poll scheduler's memory."""
+
+    interval_s: float
+    reason: str = "busy"  # busy | idle | budget | rate_limit (see cadence.Decision)
+    resume_at: float = 0.0  # no poll starts before this
+    auth_failures: int = 0  # 401/403 answers in a row
+    last_activity_at: float = 0.0
+    last_poll_at: float = 0.0
+
+    def may_poll(self, now: float) -> bool:
+        """Whether a poll may start now (no back-off or Retry-After pending)."""
+        return now >= self.resume_at
+
+
+@dataclass(frozen=True, slots=True)
+class CycleFacts:
+    """What pacing needs to know about a finished cycle and the API's last answer."""
+
+    in_flight: int
+    transitions: int
+    first_run: bool
+    remaining: int | None = None  # X-Rate-Limit-Remaining
+    limit: int | None = None  # X-Rate-Limit-Limit
+
+
+def started(pacing: Pacing, *, now: float) -> Pacing:
+    """Note that a poll starts now (wake-ups coalesce against it)."""
+    return replace(pacing, last_poll_at=now)
+
+
+def succeeded(pacing: Pacing, facts: CycleFacts, *, cadence: Cadence, now: float) -> tuple[Pacing, Decision]:
+    """Return the state after a successful cycle and the wait before the next one."""
+    active_at = last_activity(pacing.last_activity_at, now=now, in_flight=facts.in_flight, transitions=facts.transitions, first_run=facts.first_run)
+    busy = is_busy(cadence, now=now, last_activity_at=active_at)
+    decision = next_poll(cadence, busy=busy, remaining=facts.remaining, limit=facts.limit)
+    return replace(pacing, interval_s=decision.interval_s, reason=decision.reason, auth_failures=0, last_activity_at=active_at), decision
+
+
+def auth_refused(pacing: Pacing, *, now: float, backoff_s: tuple[float, float] = AUTH_BACKOFF_S) -> Pacing:
+    """Return the state after a 401/403: pause, doubling from ``backoff_s[0]`` up to ``backoff_s[1]``."""
+    failures = pacing.auth_failures + 1
+    pause_s = min(backoff_s[1], backoff_s[0] * 2 ** (failures - 1))
+    return replace(pacing, auth_failures=failures, resume_at=now + pause_s)
+
+
+def deferred(pacing: Pacing, *, retry_at: float) -> Pacing:
+    """Return the state after a 429 or a spent budget: no poll before ``retry_at``."""
+    return replace(pacing, resume_at=max(pacing.resume_at, retry_at))
+
+
+def woken(pacing: Pacing, *, cadence: Cadence, now: float) -> tuple[Pacing, float]:
+    """Return the state after a wake-up (``POST /watch``) and the earliest moment the next poll may run.
+
+    Wakes coalesce: no sooner than one fast interval (or the budget's floor, if longer)
+    after the last poll started, so a burst of wake-ups costs at most one extra poll.
+    """
+    floor_s = max(cadence.fast_s, cadence.budget_floor_s)
+    return replace(pacing, last_activity_at=now), max(now, pacing.last_poll_at + floor_s)
