@@ -24,9 +24,9 @@ from aiohttp import web
 from structlog.testing import capture_logs
 
 from bench.common import APP_ID, APP_TOKEN, Section, base_parser, finish, fmt, relay_env
-from daemon.app import Relay
-from daemon.settings import load_settings
+from daemon.bootstrap import build_relay
 from daemon.demo.standin import VoucherifyStandIn
+from daemon.settings import load_settings
 
 
 async def start_receiver(seen: set[str]) -> tuple[web.AppRunner, str]:
@@ -53,7 +53,7 @@ async def measure(*, burst: int, poll_interval_s: float) -> dict[str, float]:
     receiver, hook_url = await start_receiver(seen)
     with tempfile.TemporaryDirectory() as tmp, capture_logs() as logs:
         pace = {"RELAY_POLL_INTERVAL": str(poll_interval_s), "RELAY_IDLE_POLL_INTERVAL": str(poll_interval_s)}  # the burst lands while busy
-        relay = Relay(load_settings(relay_env(tmp, api_url, hook_url, pace)))
+        relay = await build_relay(load_settings(relay_env(tmp, api_url, hook_url, pace)))
         await relay.start()
         await _until(lambda: relay.last_poll is not None)
         lists, gets = standin.count("list"), standin.count("get")
