@@ -19,17 +19,19 @@ from apscheduler.schedulers.asyncio import AsyncIOScheduler
 from daemon.budget import WINDOW_S, RequestBudget
 from daemon.cadence import Cadence, is_busy, last_activity, next_poll
 from daemon.errors import AuthError, BudgetExhaustedError, RateLimitedError, StoreError, VoucherifyError
-from daemon.health import HealthServer, liveness, parse_listen, readiness
+from daemon.health import HealthServer
 from daemon.lock import InstanceLock
 from daemon.metrics import RelayMetrics, failure_reason
 from daemon.model import Event
 from daemon.outbox import DeliveryPolicy, Dispatcher
 from daemon.poller import Poller, PollReport
+from daemon.readiness import liveness, readiness
 from daemon.settings import RelaySettings, SinkSettings
 from daemon.sinks import Sink
 from daemon.sinks.slack import SlackSink
 from daemon.sinks.webhook import WebhookSink
 from daemon.store.sqlite import SqliteStateStore
+from daemon.urls import parse_listen
 from daemon.voucherify import RetryPolicy, VoucherifyClient
 
 log = structlog.get_logger("daemon.app")
