@@ -29,7 +29,7 @@ import structlog
 from daemon.constants import MAX_RETRY_AFTER_S, USER_AGENT
 from daemon.httpio import read_at_most
 from daemon.sinks import ANSWER_BYTES, SendResult, parse_retry_after, redirect_result
-from daemon.slack import render_message
+from daemon.slack_blocks import render_message
 
 if TYPE_CHECKING:
     from daemon.model import Delivery
