@@ -18,12 +18,13 @@ from apscheduler.schedulers.asyncio import AsyncIOScheduler
 
 from daemon.budget import WINDOW_S, RequestBudget
 from daemon.cadence import Cadence, is_busy, last_activity, next_poll
+from daemon.delivery_policy import DeliveryPolicy
 from daemon.errors import AuthError, BudgetExhaustedError, RateLimitedError, StoreError, VoucherifyError
 from daemon.health import HealthServer
 from daemon.lock import InstanceLock
 from daemon.metrics import RelayMetrics, failure_reason
 from daemon.model import Event
-from daemon.outbox import DeliveryPolicy, Dispatcher
+from daemon.outbox import Dispatcher
 from daemon.poller import Poller, PollReport
 from daemon.readiness import liveness, readiness
 from daemon.settings import RelaySettings, SinkSettings

@@ -2,6 +2,8 @@
 
 Redirects are never followed (aiohttp would turn a 301/302 into a bodyless GET that
 "succeeds", or post the signed body to another host): a 3xx is a failed attempt.
+Every answer but 2xx and 410 Gone is retried, 4xx included: a receiver's 4xx is most
+often a temporary misdeploy (docs/events.md, "Which answers are retried").
 
 Headers ``webhook-id`` (the event id: receivers deduplicate on it),
 ``webhook-timestamp`` (send time, seconds) and ``webhook-signature``
