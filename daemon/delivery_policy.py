@@ -1,4 +1,4 @@
-"""The delivery retry policy, written with tenacity's ``retry``/``wait``/``stop`` primitives.
+"""PURE: the delivery retry policy, written with tenacity's ``retry``/``wait``/``stop`` primitives.
 
 The outbox keeps the schedule (attempt count, next attempt time) in the database, so a
 delivery's retries outlive the process; nothing sleeps in a loop. After each attempt the
@@ -22,8 +22,7 @@ from typing import Literal
 from tenacity import Future, RetryCallState, Retrying, retry_if_result, stop_after_delay, wait_exponential, wait_random_exponential
 from tenacity.wait import wait_base
 
-from daemon.constants import MAX_RETRY_AFTER_S
-from daemon.sinks import SendResult
+from daemon.sinks import MAX_RETRY_AFTER_S, SendResult
 
 BASE_DELAY_S = 1.0
 MIN_RETRY_AFTER_S = 0.25  # "Retry-After: 0" must not become a hot loop

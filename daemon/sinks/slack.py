@@ -26,9 +26,9 @@ from typing import TYPE_CHECKING, Any
 import aiohttp
 import structlog
 
-from daemon.constants import MAX_RETRY_AFTER_S, USER_AGENT
+from daemon.constants import USER_AGENT
 from daemon.httpio import read_at_most
-from daemon.sinks import ANSWER_BYTES, SendResult, parse_retry_after, redirect_result
+from daemon.sinks import ANSWER_BYTES, MAX_RETRY_AFTER_S, SendResult, parse_retry_after, redirect_result
 from daemon.slack_blocks import render_message
 
 if TYPE_CHECKING:
