@@ -30,7 +30,8 @@ import aiohttp
 from pydantic import SecretStr
 
 from bench.common import WEBHOOK_SECRET, Section, base_parser, env_int, finish, fmt, markdown_table, quiet_logs, receiver_process, sample_events
-from daemon.outbox import DeliveryPolicy, Dispatcher
+from daemon.delivery_policy import DeliveryPolicy
+from daemon.outbox import Dispatcher
 from daemon.settings import SinkSettings
 from daemon.sinks.webhook import WebhookSink
 from daemon.store.sqlite import SqliteStateStore

@@ -21,16 +21,18 @@ from apscheduler.schedulers.asyncio import AsyncIOScheduler
 from daemon.budget import WINDOW_S
 from daemon.cadence import Cadence
 from daemon.errors import AuthError, BudgetExhaustedError, RateLimitedError, StoreError, VoucherifyError
-from daemon.health import HealthServer, liveness, parse_listen, readiness
+from daemon.health import HealthServer
 from daemon.lock import InstanceLock
 from daemon.metrics import RelayMetrics, failure_reason
 from daemon.outbox import Dispatcher
 from daemon.pacing import AUTH_BACKOFF_S, CycleFacts, Pacing, auth_refused, deferred, started, succeeded, woken
 from daemon.poller import Poller, PollReport
+from daemon.readiness import liveness, readiness
 from daemon.settings import RelaySettings
 from daemon.sinks import Sink
 from daemon.store import OutboxStats
 from daemon.store.sqlite import SqliteStateStore
+from daemon.urls import parse_listen
 from daemon.voucherify import VoucherifyClient
 
 log = structlog.get_logger("daemon.app")

@@ -17,10 +17,11 @@ import aiohttp
 
 from daemon.app import Parts, Relay
 from daemon.budget import WINDOW_S, RequestBudget
+from daemon.delivery_policy import DeliveryPolicy
 from daemon.lock import InstanceLock
 from daemon.metrics import RelayMetrics
 from daemon.model import Event
-from daemon.outbox import DeliveryPolicy, Dispatcher
+from daemon.outbox import Dispatcher
 from daemon.pacing import AUTH_BACKOFF_S
 from daemon.poller import Poller
 from daemon.settings import RelaySettings, SinkSettings

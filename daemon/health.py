@@ -1,17 +1,17 @@
-"""The health and metrics listener: ``/healthz``, ``/readyz`` and ``/metrics``.
+"""The HTTP listener: ``/healthz``, ``/readyz``, ``/metrics`` and ``POST /watch``.
 
 ``/healthz`` answers whether the process and its scheduler are alive (restart it if not);
-``/readyz`` whether the relay is doing its job: the last poll succeeded recently (see
-:func:`readiness`). Both answer ``{"status": "ok"|"unavailable", "detail": ...}`` with
-200 or 503. ``/metrics`` is the Prometheus text format. The verdicts come from a
-:class:`HealthSource` (the app), so this module knows nothing of polls or schedulers.
+``/readyz`` whether the relay is doing its job: the last poll succeeded recently (the
+rules are pure, in :mod:`daemon.readiness`). Both answer
+``{"status": "ok"|"unavailable", "detail": ...}`` with 200 or 503. ``/metrics`` is the
+Prometheus text format. The verdicts come from a :class:`HealthSource` (the app), so this
+module knows nothing of polls or schedulers.
 """
 
 from __future__ import annotations
 
 import asyncio
 import hmac
-import ipaddress
 import re
 from typing import TYPE_CHECKING, Protocol
 
@@ -26,15 +26,9 @@ if TYPE_CHECKING:
     from daemon.metrics import RelayMetrics
 
 log = structlog.get_logger("daemon.health")
-STALE_AFTER_POLLS = 3
-MIN_STALE_AFTER_S = 120.0  # one request may retry for 60 s (RetryPolicy.max_total_s): one slow cycle is not an outage
-MAX_TICK_SILENCE_S = 30.0
-MAX_POLL_S = 900.0
 _ACTION_ID = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
-_HOSTNAME = re.compile(r"^[A-Za-z0-9]([A-Za-z0-9.-]{0,251}[A-Za-z0-9])?$")
 MAX_CONNECTIONS = 64
 IDLE_TIMEOUT_S = 5.0
-_LISTEN_HELP = "must be HOST:PORT (127.0.0.1:9464, 0.0.0.0:9464, [::1]:9464, or :9464 for every interface) or 'off'"
 
 
 class HealthSource(Protocol):
@@ -47,89 +41,6 @@ class HealthSource(Protocol):
     def ready(self) -> tuple[bool, str]:
         """Return whether the relay does its job (a recent poll succeeded), and why."""
         ...
-
-
-def stale_after_s(poll_interval_s: float) -> float:
-    """Return how old the last successful poll may be while the relay counts as ready."""
-    return max(STALE_AFTER_POLLS * poll_interval_s, MIN_STALE_AFTER_S)
-
-
-def readiness(
-    last_ok_at: float | None,
-    *,
-    now: float,
-    poll_interval_s: float,
-    auth_failed: bool,
-    stopping: bool = False,
-    store_problem: str | None = None,
-) -> tuple[bool, str]:
-    """Decide readiness: not stopping, the state database works, credentials accepted, a poll succeeded within ``stale_after_s``.
-
-    ``poll_interval_s`` is the longest interval the scheduler may be using now (the idle
-    interval, when the relay has slowed down), so slowing down never reads as an outage.
-    """
-    if stopping:
-        return False, "shutting down"
-    if store_problem is not None:
-        return False, store_problem
-    if auth_failed:
-        return False, "Voucherify refused the credentials (wrong keys or wrong cluster)"
-    if last_ok_at is None:
-        return False, "no successful poll yet"
-    age_s, limit_s = max(0.0, now - last_ok_at), stale_after_s(poll_interval_s)
-    if age_s > limit_s:
-        return False, f"last successful poll {age_s:.0f}s ago (limit {limit_s:.0f}s)"
-    return True, f"last successful poll {age_s:.0f}s ago"
-
-
-def liveness(
-    last_tick_at: float | None,
-    *,
-    now: float,
-    scheduler_running: bool,
-    poll_started_at: float | None = None,
-    max_silence_s: float = MAX_TICK_SILENCE_S,
-    max_poll_s: float = MAX_POLL_S,
-) -> tuple[bool, str]:
-    """Decide liveness: the scheduler runs, ticked lately (the loop is not blocked), no poll hangs.
-
-    ``last_tick_at`` is when a scheduled job last ran (the 1 s dispatch job, say) and
-    ``poll_started_at`` when the running poll began (None when none runs); all on one clock.
-    """
-    if not scheduler_running:
-        return False, "scheduler is not running"
-    if last_tick_at is not None and now - last_tick_at > max_silence_s:
-        return False, f"no scheduler tick for {now - last_tick_at:.0f}s"
-    if poll_started_at is not None and now - poll_started_at > max_poll_s:
-        return False, f"a poll cycle has been running for {now - poll_started_at:.0f}s"
-    return True, "scheduler running"
-
-
-def parse_listen(value: str) -> tuple[str, int] | None:
-    """Parse ``RELAY_HTTP_LISTEN``: ``(host, port)``, host ``""`` for every interface; None for ``off`` or empty."""
-    text = value.strip()
-    if text.lower() in {"", "off"}:
-        return None
-    host, colon, port_text = text.rpartition(":")
-    if not colon or not port_text.isdigit() or int(port_text) > 65535:  # noqa: PLR2004 - the largest TCP port
-        raise ValueError(f"{_LISTEN_HELP}: {value!r}")
-    if host.startswith("[") and host.endswith("]"):
-        host = host[1:-1]
-        if not _is_ipv6(host):
-            raise ValueError(f"{_LISTEN_HELP}: {value!r} (not an IPv6 address)")
-    elif _is_ipv6(host):
-        raise ValueError(f"{_LISTEN_HELP}: {value!r} (put an IPv6 address in brackets: [::1]:9464)")
-    elif host and not _HOSTNAME.match(host):
-        raise ValueError(f"{_LISTEN_HELP}: {value!r}")
-    return host, int(port_text)
-
-
-def _is_ipv6(text: str) -> bool:
-    try:
-        ipaddress.IPv6Address(text)
-    except ValueError:
-        return False
-    return True
 
 
 class HealthServer:

@@ -6,6 +6,9 @@ second) never holds up another. Within a sink, sends run concurrently up to its
 restarts; a row being sent when the process dies is simply due again (and sent again
 with the same event id).
 
+Whether and when to try again is the tenacity policy in :mod:`daemon.delivery_policy`,
+judged against the row's persisted attempt count and age.
+
 When the answers of a batch cannot be recorded (a full disk, say), that sink stops
 sending: its claimed rows are still pending in the database, so sending on would resend
 them every second. It keeps the answers in memory and tries to write them again with a
@@ -16,39 +19,20 @@ in-flight sends finish within the grace period and records every answer it got.
 from __future__ import annotations
 
 import asyncio
-import random
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 
 import structlog
 
+from daemon.delivery_policy import DeliveryPolicy, Verdict
 from daemon.errors import StoreError
 from daemon.model import Delivery
 from daemon.sinks import SendResult, Sink
 from daemon.store import AttemptResults, StateStore
 
 log = structlog.get_logger("daemon.outbox")
-BASE_DELAY_S = 1.0
-MAX_RETRY_AFTER_S = 3600.0
-MIN_RETRY_AFTER_S = 0.25  # "Retry-After: 0" must not become a hot loop
 STORE_BACKOFF_S = (1.0, 60.0)  # first and longest pause after the results of a batch could not be written
-
-
-@dataclass(frozen=True, slots=True)
-class DeliveryPolicy:
-    """Backoff cap and how long a delivery may keep failing before it is dead-lettered."""
-
-    max_delay_s: float = 300.0
-    max_age_s: float = 86400.0
-    batch_size: int = 100
-
-    def next_delay(self, attempts: int, retry_after_s: float | None) -> float:
-        """Return the wait before the next attempt: exponential with equal jitter, or Retry-After."""
-        if retry_after_s is not None:
-            return float(min(max(retry_after_s, MIN_RETRY_AFTER_S), MAX_RETRY_AFTER_S))
-        ceiling = min(self.max_delay_s, BASE_DELAY_S * 2 ** min(attempts, 30))
-        return float(ceiling / 2 + random.uniform(0, ceiling / 2))  # noqa: S311 - jitter, not crypto
 
 
 @dataclass
@@ -237,31 +221,30 @@ class Dispatcher:
             self._on_store_failed(name)
 
     def _decide(self, delivery: Delivery, result: SendResult, plan: _Plan, *, now: float) -> None:
-        if result.delivered:
+        verdict = self._policy.decide(result, attempts=delivery.attempts, created_at=delivery.created_at, now=now)
+        if verdict.outcome == "delivered":
             plan.delivered.append(delivery.row_id)
             self.stats.delivered += 1
             self._count(delivery.sink, "delivered")
             log.debug("delivery.sent", sink=delivery.sink, event_id=delivery.event_id, action_id=delivery.action_id, status=result.status)
-        elif result.gone:
+        elif verdict.outcome == "gone":
             if delivery.sink not in self._gone:
                 self._gone.add(delivery.sink)
                 hint = "the receiver says this endpoint no longer exists; deliveries to it are dead-lettered until the relay restarts"
                 log.error("sink.gone", sink=delivery.sink, detail=result.detail, hint=hint)
             self._dead(delivery, result.detail, plan, outcome="gone")
-        elif result.permanent:
+        elif verdict.outcome == "rejected":
             log.error("sink.misconfigured", sink=delivery.sink, detail=result.detail)
             self._dead(delivery, result.detail, plan, outcome="rejected")
         else:
-            self._retry(delivery, result, plan, now=now)
+            self._retry(delivery, result, verdict, plan, now=now)
 
-    def _retry(self, delivery: Delivery, result: SendResult, plan: _Plan, *, now: float) -> None:
+    def _retry(self, delivery: Delivery, result: SendResult, verdict: Verdict, plan: _Plan, *, now: float) -> None:
         self.stats.failed_attempts += 1
-        deadline = delivery.created_at + self._policy.max_age_s
-        if now >= deadline:
+        if verdict.outcome == "expired":
             self._dead(delivery, f"{result.detail}; still failing after RELAY_DELIVERY_MAX_AGE", plan, outcome="expired")
             return
-        delay = min(self._policy.next_delay(delivery.attempts, result.retry_after_s), deadline - now)
-        plan.retries.append((delivery.row_id, now + delay, result.detail))
+        plan.retries.append((delivery.row_id, now + verdict.delay_s, result.detail))
         self._count(delivery.sink, "retry")
         log.warning(
             "delivery.retry_scheduled",
@@ -269,7 +252,7 @@ class Dispatcher:
             event_id=delivery.event_id,
             attempt=delivery.attempts + 1,
             caused_by=result.detail,
-            retry_in_s=round(delay, 3),
+            retry_in_s=round(verdict.delay_s, 3),
         )
 
     def _dead(self, delivery: Delivery, reason: str, plan: _Plan, *, outcome: str) -> None:

@@ -23,7 +23,7 @@ from pydantic_settings import BaseSettings, EnvSettingsSource, NoDecode, Pydanti
 from pydantic_settings.sources.utils import parse_env_vars
 
 from daemon.errors import ConfigError
-from daemon.urls import has_control_chars, redact_url
+from daemon.urls import has_control_chars, parse_listen, redact_url
 
 PREFIX = "RELAY_"
 _DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h|d|w)?\s*$", re.IGNORECASE)
@@ -238,8 +238,6 @@ class RelaySettings(BaseSettings):
     @field_validator("http_listen")
     @classmethod
     def _listen(cls, value: str) -> str:
-        from daemon.health import parse_listen  # noqa: PLC0415 - health imports aiohttp; settings stay light
-
         parse_listen(value)
         return value
 

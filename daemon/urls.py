@@ -1,4 +1,4 @@
-"""PURE: URL and header-value hygiene shared by settings, the API client and the sinks.
+"""PURE: URL, address and header-value hygiene shared by settings, the API client and the sinks.
 
 Many receivers carry their secret in the URL path (``/hooks/catch/123/abcdef/``), so a URL
 is shown as scheme, host, port and at most its first path segment; query strings and
@@ -7,9 +7,13 @@ user info are never shown.
 
 from __future__ import annotations
 
+import ipaddress
+import re
 from urllib.parse import urljoin, urlsplit
 
 HIDDEN = "…"
+_HOSTNAME = re.compile(r"^[A-Za-z0-9]([A-Za-z0-9.-]{0,251}[A-Za-z0-9])?$")
+_LISTEN_HELP = "must be HOST:PORT (127.0.0.1:9464, 0.0.0.0:9464, [::1]:9464, or :9464 for every interface) or 'off'"
 
 
 def has_control_chars(value: str) -> bool:
@@ -48,3 +52,30 @@ def resolve_location(base_url: str, location: str | None) -> str:
     if not location:
         return "(no Location header)"
     return urljoin(base_url, location.strip())
+
+
+def parse_listen(value: str) -> tuple[str, int] | None:
+    """Parse ``RELAY_HTTP_LISTEN``: ``(host, port)``, host ``""`` for every interface; None for ``off`` or empty."""
+    text = value.strip()
+    if text.lower() in {"", "off"}:
+        return None
+    host, colon, port_text = text.rpartition(":")
+    if not colon or not port_text.isdigit() or int(port_text) > 65535:  # noqa: PLR2004 - the largest TCP port
+        raise ValueError(f"{_LISTEN_HELP}: {value!r}")
+    if host.startswith("[") and host.endswith("]"):
+        host = host[1:-1]
+        if not _is_ipv6(host):
+            raise ValueError(f"{_LISTEN_HELP}: {value!r} (not an IPv6 address)")
+    elif _is_ipv6(host):
+        raise ValueError(f"{_LISTEN_HELP}: {value!r} (put an IPv6 address in brackets: [::1]:9464)")
+    elif host and not _HOSTNAME.match(host):
+        raise ValueError(f"{_LISTEN_HELP}: {value!r}")
+    return host, int(port_text)
+
+
+def _is_ipv6(text: str) -> bool:
+    try:
+        ipaddress.IPv6Address(text)
+    except ValueError:
+        return False
+    return True

@@ -27,8 +27,8 @@ from urllib.parse import quote, urlsplit
 import aiohttp
 from tenacity import AsyncRetrying, RetryCallState, retry_if_exception, stop_after_attempt, stop_after_delay, wait_random_exponential
 
-from daemon import __version__
 from daemon.budget import RequestBudget
+from daemon.constants import USER_AGENT
 from daemon.errors import (
     AuthError,
     BadResponseError,
@@ -45,7 +45,6 @@ from daemon.model import is_action_id
 from daemon.urls import resolve_location, without_query
 
 LIST_PATH = "/v1/async-actions"
-USER_AGENT = f"voucherify-relay/{__version__} (+aiohttp/{aiohttp.__version__})"
 MAX_INLINE_WAIT_S = 30.0  # a longer Retry-After ends the cycle; the next one waits for it
 DEFAULT_429_WAIT_S = 5.0
 # the documented 5,000-row results are well under 2 MiB: 16 MiB leaves room without letting a body exhaust memory

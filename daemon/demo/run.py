@@ -22,7 +22,7 @@ from daemon.demo.standin import VoucherifyStandIn
 from daemon.lifecycle import run_relay
 from daemon.logs import configure_logging
 from daemon.settings import load_settings
-from daemon.slack import render_message, render_text
+from daemon.slack_blocks import render_message, render_text
 from daemon.voucherify import RetryPolicy
 
 DEMO_POLL_S = 0.5

@@ -10,6 +10,8 @@ from daemon.urls import redact_url, resolve_location
 
 # a receiver's answer is only read for the error message: an endless body must not grow memory
 ANSWER_BYTES = 4096
+# a Retry-After longer than an hour is a receiver's mistake (or an HTTP date misread as seconds)
+MAX_RETRY_AFTER_S = 3600.0
 
 
 @dataclass(frozen=True, slots=True)

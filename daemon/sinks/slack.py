@@ -26,10 +26,10 @@ from typing import TYPE_CHECKING, Any
 import aiohttp
 import structlog
 
+from daemon.constants import USER_AGENT
 from daemon.httpio import read_at_most
-from daemon.sinks import ANSWER_BYTES, SendResult, parse_retry_after, redirect_result
-from daemon.slack import render_message
-from daemon.voucherify import USER_AGENT
+from daemon.sinks import ANSWER_BYTES, MAX_RETRY_AFTER_S, SendResult, parse_retry_after, redirect_result
+from daemon.slack_blocks import render_message
 
 if TYPE_CHECKING:
     from daemon.model import Delivery
@@ -39,7 +39,6 @@ log = structlog.get_logger("daemon.sinks.slack")
 BLOCK_ERRORS = frozenset({"invalid_blocks", "invalid_blocks_format", "invalid_payload", "msg_blocks_too_long"})
 RATE_LIMITED, GONE, TIMEOUT = 429, 410, 408
 DEFAULT_RETRY_AFTER_S = 1.0  # Slack's documented rate for incoming webhooks
-MAX_RETRY_AFTER_S = 3600.0
 BODY_CHARS = 100
 
 

@@ -2,6 +2,8 @@
 
 Redirects are never followed (aiohttp would turn a 301/302 into a bodyless GET that
 "succeeds", or post the signed body to another host): a 3xx is a failed attempt.
+Every answer but 2xx and 410 Gone is retried, 4xx included: a receiver's 4xx is most
+often a temporary misdeploy (docs/events.md, "Which answers are retried").
 
 Headers ``webhook-id`` (the event id: receivers deduplicate on it),
 ``webhook-timestamp`` (send time, seconds) and ``webhook-signature``
@@ -18,11 +20,11 @@ import time
 
 import aiohttp
 
+from daemon.constants import USER_AGENT
 from daemon.httpio import read_at_most
 from daemon.model import Delivery
 from daemon.settings import SinkSettings
 from daemon.sinks import ANSWER_BYTES, SendResult, parse_retry_after, redirect_result
-from daemon.voucherify import USER_AGENT
 
 GONE = 410
 

@@ -24,7 +24,7 @@ from typing import Any
 
 from aiohttp import web
 
-from daemon.slack import validate_message
+from daemon.slack_blocks import validate_message
 
 HOOK_PATH = "/services/T0FAKE000/B0FAKE000/s3cretHookToken0123456789"
 SLACK_ERRORS = {

@@ -10,7 +10,7 @@ import pytest
 
 from daemon.demo.receiver import RecordingReceiver
 from daemon.model import event_id_for
-from daemon.slack import validate_message
+from daemon.slack_blocks import validate_message
 from tests.conftest import until
 from tests.fakes.slack import FakeSlack
 from tests.integration.test_relay import baseline, running

@@ -17,7 +17,7 @@ from hypothesis import strategies as st
 from daemon.detect import diff, snapshot_from
 from daemon.model import ActionSnapshot, EventType, event_id_for
 from daemon.normalize import MAX_FAILURE_ROWS, describe, normalize
-from daemon.slack import render_message, validate_message
+from daemon.slack_blocks import render_message, validate_message
 
 NOW = datetime(2026, 11, 23, 12, 0, tzinfo=UTC)
 EXAMPLES = int(os.environ.get("HYPOTHESIS_EXAMPLES", "50"))  # per property; docs/reliability.md has a longer run

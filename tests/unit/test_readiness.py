@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from daemon.health import liveness, parse_listen, readiness, stale_after_s
+from daemon.readiness import liveness, readiness, stale_after_s
+from daemon.urls import parse_listen
 
 NOW = 1_000_000.0
 

@@ -13,7 +13,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from daemon.normalize import describe, normalize
-from daemon.slack import (
+from daemon.slack_blocks import (
     MAX_HEADER_CHARS,
     MAX_TEXT_CHARS,
     clip,
