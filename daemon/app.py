@@ -10,7 +10,7 @@ import asyncio
 import time
 from collections.abc import Callable, Coroutine, Mapping, Sequence
 from datetime import UTC, datetime
-from typing import Any, Literal
+from typing import Any
 
 import aiohttp
 import structlog
@@ -29,7 +29,8 @@ from daemon.settings import RelaySettings, SinkSettings
 from daemon.sinks import Sink
 from daemon.sinks.slack import SlackSink
 from daemon.sinks.webhook import WebhookSink
-from daemon.store.sqlite import SqliteStateStore
+from daemon.store import OutboxStats, Stores
+from daemon.store.sqlite import open_sqlite
 from daemon.voucherify import RetryPolicy, VoucherifyClient
 
 log = structlog.get_logger("daemon.app")
@@ -56,11 +57,6 @@ def route_event(specs: Mapping[str, SinkSettings], event: Event) -> list[str]:
     action_type = str(event.data.get("type") or "")
     outcome = str(event.data.get("outcome") or "")
     return [name for name, spec in specs.items() if spec.accepts(action_type=action_type, outcome=outcome)]
-
-
-def open_store(settings: RelaySettings, *, mode: Literal["rwc", "rw", "ro"] = "rwc") -> SqliteStateStore:
-    """Open the state database named by RELAY_STATE_URL (``ro``/``rw``: only an existing one)."""
-    return SqliteStateStore(settings.state_path, mode=mode)
 
 
 class Relay:
@@ -90,6 +86,8 @@ class Relay:
         self.http_port: int | None = None
         self.metrics = RelayMetrics()
         self._sink_specs = settings.all_sinks()
+        self._outbox_stats: OutboxStats | None = None
+        self._outbox_stats_error = "not read yet"
 
     async def start(self) -> None:
         """Open the database, the HTTP session and the adapters; start the scheduler.
@@ -97,7 +95,7 @@ class Relay:
         If anything fails on the way, what was opened is closed again before the error propagates.
         """
         self._lock.acquire()
-        self._opened: list[SqliteStateStore | aiohttp.ClientSession] = []
+        self._opened: list[Stores | aiohttp.ClientSession] = []
         try:
             await self._start()
         except BaseException:
@@ -105,11 +103,11 @@ class Relay:
             raise
 
     async def _start(self) -> None:
-        self.store = open_store(self.settings)
-        self._opened.append(self.store)
+        self.stores = open_sqlite(self.settings.state_path)
+        self._opened.append(self.stores)
         self._session = aiohttp.ClientSession(raise_for_status=False)
         self._opened.append(self._session)
-        history = self.store.api_calls_since(time.time() - WINDOW_S)
+        history = await self.stores.calls.since(time.time() - WINDOW_S)
         budget = RequestBudget(self.settings.api_budget_per_hour, history=history)
         self.client = VoucherifyClient(
             self._session,
@@ -120,14 +118,14 @@ class Relay:
             retry=self._retry or RetryPolicy(max_attempts=self.settings.api_max_attempts),
             timeout_s=self.settings.api_timeout_s,
             max_response_bytes=self.settings.api_max_response_bytes,
-            on_request=(lambda at: self.store.record_api_calls([at])) if self.settings.api_budget_per_hour else None,
-            blocked_until=float(self.store.load_meta(BLOCKED_UNTIL) or 0),
-            on_blocked=lambda until: self.store.save_meta(BLOCKED_UNTIL, f"{until:.3f}"),
+            on_request=(lambda at: self.stores.calls.record([at])) if self.settings.api_budget_per_hour else None,
+            blocked_until=float(await self.stores.actions.load_meta(BLOCKED_UNTIL) or 0),
+            on_blocked=lambda until: self.stores.actions.save_meta(BLOCKED_UNTIL, f"{until:.3f}"),
         )
         self.sinks = build_sinks(self.settings, self._session)
         self.poller = Poller(
             client=self.client,
-            store=self.store,
+            store=self.stores.actions,
             route=self.route,
             page_size=self.settings.list_page_size,
             max_pages=self.settings.max_pages_per_cycle,
@@ -137,11 +135,12 @@ class Relay:
         )
         policy = DeliveryPolicy(max_delay_s=self.settings.delivery_retry_max_delay, max_age_s=self.settings.delivery_max_age.total_seconds())
         self.dispatcher = Dispatcher(
-            store=self.store, sinks=self.sinks, policy=policy, on_result=self.metrics.delivery_result, on_store_failed=self.metrics.store_write_failed
+            store=self.stores.outbox, sinks=self.sinks, policy=policy, on_result=self.metrics.delivery_result, on_store_failed=self.metrics.store_write_failed
         )
-        self.dispatcher.start()
+        await self.dispatcher.start()
+        await self._refresh_outbox_stats()
         self.metrics.declare_sinks(self.sinks)
-        self.metrics.watch(outbox_stats=self.store.outbox_stats, ready=self.ready)
+        self.metrics.watch(outbox_stats=self.outbox_stats, ready=self.ready)
         await self._start_health()
         self._scheduler = AsyncIOScheduler(job_defaults={"coalesce": True, "max_instances": 1, "misfire_grace_time": None})
         now = _now_dt()
@@ -157,7 +156,7 @@ class Relay:
             api_budget_per_hour=self.settings.api_budget_per_hour,
             state=str(self.settings.state_path),
             sinks={name: sink.describe() for name, sink in self.sinks.items()},
-            first_run=self.store.load_cursor().first_run,
+            first_run=(await self.stores.actions.load_cursor()).first_run,
             backfill_s=self.settings.backfill.total_seconds() if self.settings.backfill else None,
         )
 
@@ -198,9 +197,9 @@ class Relay:
 
     def _store_file_gone(self) -> bool:
         """Whether the database file was deleted or replaced under us (logged once; it stays so until restart)."""
-        if self._file_problem is None and (problem := self.store.file_problem()) is not None:
+        if self._file_problem is None and (problem := self.stores.file_problem()) is not None:
             self._file_problem = problem
-            log.error("store.file_replaced", path=str(self.store.path), problem=problem, hint="polling and deliveries stop; restart the relay")
+            log.error("store.file_replaced", path=self.stores.location, problem=problem, hint="polling and deliveries stop; restart the relay")
         return self._file_problem is not None
 
     def route(self, event: Event) -> Sequence[str]:
@@ -247,7 +246,7 @@ class Relay:
         self.metrics.observe_poll(report, duration_s=time.monotonic() - started)
         for event in self._seen_events:
             self.metrics.observe_event(event.type, outcome=event.data.get("outcome"), action_type=event.data.get("type"))
-        self._log_cycle(report, started)
+        await self._log_cycle(report, started)
         self._pace(report)
         if report.events:
             self._wake_dispatch()
@@ -318,8 +317,9 @@ class Relay:
         if job.next_run_time is None or wake_at < job.next_run_time:
             job.modify(next_run_time=wake_at)
 
-    def _log_cycle(self, report: PollReport, started: float) -> None:
-        stats = self.store.outbox_stats()
+    async def _log_cycle(self, report: PollReport, started: float) -> None:
+        stats = await self.stores.outbox.stats()
+        self._outbox_stats = stats
         log.info(
             "poll.completed",
             listed=report.listed,
@@ -354,12 +354,29 @@ class Relay:
         self._last_tick = time.monotonic()
         if not self._store_file_gone():
             self.dispatcher.kick()
+            await self._refresh_outbox_stats()
+
+    async def _refresh_outbox_stats(self) -> None:
+        """Read the outbox figures /metrics serves (a scrape cannot await the store)."""
+        try:
+            self._outbox_stats = await self.stores.outbox.stats()
+        except StoreError as exc:
+            self._outbox_stats, self._outbox_stats_error = None, str(exc)
+
+    def outbox_stats(self) -> OutboxStats:
+        """Return the outbox figures as of the last dispatch tick or poll; raise StoreError if that read failed."""
+        if self._outbox_stats is None:
+            raise StoreError(self._outbox_stats_error)
+        return self._outbox_stats
 
     async def prune(self) -> None:
         """Delete delivered rows and terminal actions older than RELAY_RETENTION."""
         try:
             now = time.time()
-            deliveries, actions = self.store.prune(older_than=now - self.settings.retention.total_seconds(), calls_older_than=now - WINDOW_S)
+            older_than = now - self.settings.retention.total_seconds()
+            deliveries = await self.stores.outbox.prune(older_than=older_than)
+            actions = await self.stores.actions.prune(older_than=older_than)
+            await self.stores.calls.prune(older_than=now - WINDOW_S)
         except StoreError as exc:
             log.error("prune.failed", caused_by=str(exc))
             return
@@ -380,7 +397,7 @@ class Relay:
         cut = await sends
         if cut:
             log.warning("relay.shutdown_cut", sends=cut, grace_s=grace_s, hint="sends unanswered within the grace period stay due and are sent again")
-        unrecorded = self.dispatcher.flush_unrecorded()
+        unrecorded = await self.dispatcher.flush_unrecorded()
         if unrecorded:
             log.error("relay.results_unrecorded", rows=unrecorded, hint="the state database could not be written; these rows are sent once more after restart")
         await self._close_resources()
@@ -393,7 +410,7 @@ class Relay:
             if isinstance(resource, aiohttp.ClientSession):
                 await resource.close()
             else:
-                resource.close()
+                await resource.close()
         self._opened.clear()
         self._lock.release()
 

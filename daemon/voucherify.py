@@ -85,9 +85,9 @@ class VoucherifyClient:
         budget: RequestBudget | None = None,
         retry: RetryPolicy | None = None,
         timeout_s: float = 10.0,
-        on_request: Callable[[float], None] | None = None,
+        on_request: Callable[[float], Awaitable[None]] | None = None,
         blocked_until: float = 0.0,
-        on_blocked: Callable[[float], None] | None = None,
+        on_blocked: Callable[[float], Awaitable[None]] | None = None,
         max_response_bytes: int = DEFAULT_MAX_RESPONSE_BYTES,
     ) -> None:
         self._session = session
@@ -160,7 +160,7 @@ class VoucherifyClient:
             raise RateLimitedError(msg, retry_at=self._blocked_until, status=429)
         self._budget.acquire(now)
         if self._on_request:
-            self._on_request(now)
+            await self._on_request(now)
         try:
             async with self._session.get(self._base_url + path, params=params, headers=self._headers, timeout=self._timeout, allow_redirects=False) as response:
                 self._note_limits(response.headers)
@@ -179,7 +179,10 @@ class VoucherifyClient:
         if 300 <= status < 400:  # noqa: PLR2004
             raise _redirect_error(path, status, location=resolve_location(self._base_url + path, response.headers.get("Location")))
         if status >= 400:  # noqa: PLR2004
-            raise self._status_error(path, status, raw, response.headers)
+            error = self._status_error(path, status, raw, response.headers)
+            if isinstance(error, RateLimitedError) and self._on_blocked:
+                await self._on_blocked(self._blocked_until)
+            raise error
         return _decode(path, raw)
 
     async def _read_body(self, path: str, response: aiohttp.ClientResponse, *, endpoint: str) -> bytes:
@@ -217,8 +220,6 @@ class VoucherifyClient:
         if status == 429:  # noqa: PLR2004
             retry_at = _retry_at(headers, now=time.time())
             self._blocked_until = max(self._blocked_until, retry_at)
-            if self._on_blocked:
-                self._on_blocked(self._blocked_until)
             return RateLimitedError(where, retry_at=retry_at, status=status)
         if status >= 500 or status == 408:  # noqa: PLR2004
             return ServerError(where, status=status)

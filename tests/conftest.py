@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+import inspect
 import time
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -68,13 +69,17 @@ def make_settings(tmp_path: Path, standin: VoucherifyStandIn, receiver: Recordin
     return build
 
 
-async def until(predicate: Callable[[], bool], *, timeout_s: float = 10.0, interval_s: float = 0.02) -> None:
-    """Wait until ``predicate()`` holds, failing the test after ``timeout_s``."""
+async def until(predicate: Callable[[], bool | Awaitable[bool]], *, timeout_s: float = 10.0, interval_s: float = 0.02) -> None:
+    """Wait until ``predicate()`` holds (a plain or an awaitable answer), failing the test after ``timeout_s``."""
     deadline = time.monotonic() + timeout_s
-    while not predicate():
+    while not await _holds(predicate()):
         if time.monotonic() > deadline:
             pytest.fail(f"condition not met within {timeout_s}s")
         await asyncio.sleep(interval_s)
+
+
+async def _holds(answer: bool | Awaitable[bool]) -> bool:
+    return await answer if inspect.isawaitable(answer) else answer
 
 
 # --- secrets never reach output -----------------------------------------------------
@@ -116,3 +121,9 @@ def no_secret_in_output(request: pytest.FixtureRequest, caplog: pytest.LogCaptur
     leaks = [f"{name} in {where}" for where, text in sources.items() for name in find_secrets(text)]
     if leaks:
         pytest.fail("secret leaked: " + ", ".join(leaks), pytrace=False)
+
+
+async def outbox_has(relay: Relay, **figures: int) -> bool:
+    """Tell whether the running relay's outbox shows these figures (``pending=0``, ``dead=1``)."""
+    stats = await relay.stores.outbox.stats()
+    return all(getattr(stats, name) == value for name, value in figures.items())
