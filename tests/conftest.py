@@ -7,12 +7,16 @@ import inspect
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import pytest
 
 from daemon.demo.receiver import RecordingReceiver
 from daemon.demo.standin import VoucherifyStandIn
 from daemon.settings import RelaySettings, load_settings
+
+if TYPE_CHECKING:
+    from daemon.app import Relay
 from tests.fakes.slack import HOOK_PATH as FAKE_SLACK_HOOK_PATH
 
 APP_TOKEN = "tok_live_s3cr3t_0123456789abcdef"
@@ -72,14 +76,13 @@ def make_settings(tmp_path: Path, standin: VoucherifyStandIn, receiver: Recordin
 async def until(predicate: Callable[[], bool | Awaitable[bool]], *, timeout_s: float = 10.0, interval_s: float = 0.02) -> None:
     """Wait until ``predicate()`` holds (a plain or an awaitable answer), failing the test after ``timeout_s``."""
     deadline = time.monotonic() + timeout_s
-    while not await _holds(predicate()):
+    while True:
+        answer = predicate()
+        if await answer if inspect.isawaitable(answer) else answer:
+            return
         if time.monotonic() > deadline:
             pytest.fail(f"condition not met within {timeout_s}s")
         await asyncio.sleep(interval_s)
-
-
-async def _holds(answer: bool | Awaitable[bool]) -> bool:
-    return await answer if inspect.isawaitable(answer) else answer
 
 
 # --- secrets never reach output -----------------------------------------------------

@@ -22,8 +22,7 @@ from daemon.metrics import MAX_ACTION_TYPES, RelayMetrics, failure_reason
 from daemon.model import Event
 from daemon.poller import PollReport
 from daemon.settings import load_settings
-from daemon.store import OutboxStats
-from daemon.store import CycleResult
+from daemon.store import CycleResult, OutboxStats
 from daemon.store.sqlite import open_sqlite
 from tests.conftest import APP_TOKEN, WEBHOOK_SECRET
 

@@ -11,11 +11,11 @@ import pytest
 from structlog.testing import capture_logs
 
 from daemon.app import Relay
-from daemon.errors import ClientRequestError
+from daemon.demo.receiver import RecordingReceiver
 from daemon.demo.standin import VoucherifyStandIn
+from daemon.errors import ClientRequestError
 from daemon.voucherify import VoucherifyClient
 from tests.conftest import APP_TOKEN, until
-from daemon.demo.receiver import RecordingReceiver
 from tests.integration.test_relay import baseline, running
 
 
