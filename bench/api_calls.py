@@ -38,7 +38,7 @@ from daemon.cadence import last_activity as cadence_last_activity
 from daemon.demo.standin import VoucherifyStandIn
 from daemon.model import TERMINAL_STATUSES, Event
 from daemon.poller import Poller
-from daemon.store.sqlite import SqliteStateStore
+from daemon.store.sqlite import open_sqlite
 from daemon.voucherify import VoucherifyClient
 
 T0 = datetime(2025, 1, 6, tzinfo=UTC).timestamp()
@@ -179,10 +179,10 @@ async def simulate_relay(jobs: list[ImportJob], *, days: int, fast_s: float, idl
         return ["webhook"]
 
     with tempfile.TemporaryDirectory(prefix="bench-api-") as tmp:
-        store = SqliteStateStore(Path(tmp) / "state.db")
+        store = open_sqlite(Path(tmp) / "state.db")
         async with aiohttp.ClientSession() as session:
             client = VoucherifyClient(session, base_url=url, app_id=APP_ID, app_token=APP_TOKEN)
-            poller = Poller(client=client, store=store, route=route, clock=clock.time)
+            poller = Poller(client=client, store=store.actions, route=route, clock=clock.time)
             cadence = Cadence(fast_s=fast_s, idle_s=idle_s)
             end, moment, last_activity = T0 + days * DAY_S, T0, -math.inf
             for _ in range(int(days * DAY_S / min(fast_s, idle_s)) + 10):  # bounded: one poll per fast interval at most
@@ -202,7 +202,7 @@ async def simulate_relay(jobs: list[ImportJob], *, days: int, fast_s: float, idl
                 result.fast_cycles += decision.reason == "busy"
                 result.tail_cycles += decision.reason == "busy" and not report.in_flight and not report.transitions and fast_s < idle_s
                 moment += decision.interval_s
-        store.close()
+        await store.close()
     await standin.close()
     return _tally(result, standin, scenario, detected)
 

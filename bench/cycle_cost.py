@@ -40,7 +40,7 @@ import aiohttp
 
 if TYPE_CHECKING:
     from daemon.poller import Poller
-    from daemon.store.sqlite import SqliteStateStore
+    from daemon.store import Stores
     from daemon.voucherify import VoucherifyClient
 
 from bench.common import (
@@ -76,12 +76,12 @@ def prefill(db: Path, count: int) -> dict[str, float]:
     """Fill ``db`` with ``count`` finished actions, their delivered outbox rows, dead letters and an API-call log."""
     from daemon.model import ActionSnapshot, format_timestamp  # noqa: PLC0415
     from daemon.store import CycleResult  # noqa: PLC0415
-    from daemon.store.sqlite import SqliteStateStore  # noqa: PLC0415
+    from daemon.store.sqlite import open_sqlite  # noqa: PLC0415
 
     started = time.perf_counter()
     rng = random.Random(count)
     now = time.time()
-    store = SqliteStateStore(db)
+    stores = open_sqlite(db)
     for first in range(0, count, BATCH):
         size = min(BATCH, count - first)
         events = sample_events(size, prefix="aa_hist", start=first)
@@ -91,11 +91,11 @@ def prefill(db: Path, count: int) -> dict[str, float]:
             stamp = format_timestamp(created)
             snapshots.append(ActionSnapshot(str(event.data["id"]), str(event.data["type"]), str(event.data["status"]), None, 100, stamp, stamp))
         seen_at = now - rng.uniform(0, RETENTION_S / 2)
-        store.commit_cycle(CycleResult(snapshots=snapshots, events=[(e, ["webhook"]) for e in events]), now=seen_at)
-    store.record_api_calls(now - RETENTION_S * k / count for k in range(count))
-    store.close()
+        asyncio.run(stores.actions.commit_cycle(CycleResult(snapshots=snapshots, events=[(e, ["webhook"]) for e in events]), now=seen_at))
+    asyncio.run(stores.calls.record(now - RETENTION_S * k / count for k in range(count)))
+    asyncio.run(stores.close())
     dead = min(100, max(1, count // 100))
-    with sqlite3.connect(db) as raw:  # bulk "delivered", as mark_delivered would leave them
+    with sqlite3.connect(db) as raw:  # bulk "delivered", as delivered results would leave them
         raw.execute("UPDATE outbox SET status='delivered', attempts=1, finished_at=created_at + 1, last_error=NULL")
         raw.execute("UPDATE outbox SET status='dead', next_attempt_at=NULL, last_error='HTTP 500' WHERE row_id <= ?", (dead,))
     return {"prefill_s": time.perf_counter() - started, "db_mib": db.stat().st_size / 2**20}
@@ -107,43 +107,45 @@ def prefill(db: Path, count: int) -> dict[str, float]:
 async def measure_one(db: Path, url: str, *, mem_cycles: int) -> dict[str, Any]:
     """One size alone in a process: start-up, baseline, SQL plans, memory per cycle, the writes, prune."""
     from daemon.poller import Poller  # noqa: PLC0415
-    from daemon.store.sqlite import SqliteStateStore  # noqa: PLC0415
+    from daemon.store.sqlite import open_sqlite  # noqa: PLC0415
     from daemon.voucherify import VoucherifyClient  # noqa: PLC0415
 
     out: dict[str, Any] = {}
     started = time.perf_counter()
-    store = SqliteStateStore(db)
-    store.api_calls_since(time.time() - 3600)
-    store.dead_letter_unknown_sinks(["webhook"])
+    store = open_sqlite(db)
+    await store.calls.since(time.time() - 3600)
+    await store.outbox.dead_letter_unknown_sinks(["webhook"])
     out["startup_ms"] = (time.perf_counter() - started) * 1000
     async with aiohttp.ClientSession() as session:
         client = VoucherifyClient(session, base_url=url, app_id=APP_ID, app_token=APP_TOKEN)
-        poller = Poller(client=client, store=store, route=lambda _e: ["webhook"], stuck_after=timedelta(hours=1))
+        poller = Poller(client=client, store=store.actions, route=lambda _e: ["webhook"], stuck_after=timedelta(hours=1))
         for _ in range(6):  # the baseline and warm-up
             await poller.poll_once()
         out["sql"] = await _traced_cycle(poller, store, db)
         out |= await _memory_pass(poller, store, mem_cycles)
-    out |= _write_costs(store)
+    out |= await _write_costs(store)
     started = time.perf_counter()
-    out["prune_rows"] = store.prune(older_than=time.time() - RETENTION_S)
+    cutoff = time.time() - RETENTION_S
+    out["prune_rows"] = (await store.outbox.prune(older_than=cutoff), await store.actions.prune(older_than=cutoff))
+    await store.calls.prune(older_than=cutoff)
     out["prune_ms"] = (time.perf_counter() - started) * 1000
-    store.close()
+    await store.close()
     return out
 
 
 async def measure_interleaved(dbs: dict[int, Path], url: str, *, cycles: int) -> dict[int, dict[str, list[float]]]:
     """Every size open in one process, one steady cycle each in turn (order alternating), so drift hits all alike."""
     from daemon.poller import Poller  # noqa: PLC0415
-    from daemon.store.sqlite import SqliteStateStore  # noqa: PLC0415
+    from daemon.store.sqlite import open_sqlite  # noqa: PLC0415
     from daemon.voucherify import VoucherifyClient  # noqa: PLC0415
 
     out: dict[int, dict[str, list[float]]] = {size: {} for size in dbs}
     async with aiohttp.ClientSession() as session:
         setups = []
         for size, db in dbs.items():
-            store = SqliteStateStore(db)
+            store = open_sqlite(db)
             client = VoucherifyClient(session, base_url=url, app_id=APP_ID, app_token=APP_TOKEN)
-            poller = Poller(client=client, store=store, route=lambda _e: ["webhook"], stuck_after=timedelta(hours=1))
+            poller = Poller(client=client, store=store.actions, route=lambda _e: ["webhook"], stuck_after=timedelta(hours=1))
             for _ in range(5):
                 await poller.poll_once()
             setups.append((size, poller, store, client))
@@ -152,20 +154,20 @@ async def measure_interleaved(dbs: dict[int, Path], url: str, *, cycles: int) ->
                 for key, value in (await _one_cycle(poller, store, client)).items():
                     out[size].setdefault(key, []).append(value)
         for _, _, store, _ in setups:
-            store.close()
+            await store.close()
     return out
 
 
-async def _one_cycle(poller: Poller, store: SqliteStateStore, client: VoucherifyClient) -> dict[str, float]:
+async def _one_cycle(poller: Poller, store: Stores, client: VoucherifyClient) -> dict[str, float]:
     """Time one steady cycle and, separately, the pieces around it."""
     c0, w0 = time.process_time(), time.perf_counter()
     report = await poller.poll_once()
-    store.record_api_calls(client.take_sent())  # Relay records the cycle's request times for the budget
-    store.outbox_stats()  # Relay's per-cycle log line runs it
+    await store.calls.record(client.take_sent())  # Relay records the cycle's request times for the budget
+    await store.outbox.stats()  # Relay's per-cycle log line runs it
     c1, w1 = time.process_time(), time.perf_counter()
-    stats = store.outbox_stats()
+    stats = await store.outbox.stats()
     c2 = time.process_time()
-    store.claim_due(now=time.time(), limit=100, sink="webhook")
+    await store.outbox.claim_due(now=time.time(), limit=100, sink="webhook")
     c3 = time.process_time()
     await client.list_page(limit=100)  # the HTTP + JSON share of a cycle, alone
     c4 = time.process_time()
@@ -179,28 +181,29 @@ async def _one_cycle(poller: Poller, store: SqliteStateStore, client: Voucherify
     }
 
 
-def _write_costs(store: SqliteStateStore, repeats: int = 50) -> dict[str, float]:
+async def _write_costs(store: Stores, repeats: int = 50) -> dict[str, float]:
     """Time the two writes every steady cycle makes although nothing changed."""
     from daemon.store import CycleResult  # noqa: PLC0415
 
-    newest = store.load_cursor().newest_created_at
+    newest = (await store.actions.load_cursor()).newest_created_at
     c0 = time.process_time()
     for _ in range(repeats):
-        store.commit_cycle(CycleResult(snapshots=[], events=[], newest_created_at=newest), now=time.time())
+        await store.actions.commit_cycle(CycleResult(snapshots=[], events=[], newest_created_at=newest), now=time.time())
     c1 = time.process_time()
     for _ in range(repeats):
-        store.record_api_calls([time.time()])
+        await store.calls.record([time.time()])
     c2 = time.process_time()
     return {"empty_commit_cpu_ms": (c1 - c0) * 1000 / repeats, "record_call_cpu_ms": (c2 - c1) * 1000 / repeats}
 
 
-async def _traced_cycle(poller: Poller, store: SqliteStateStore, db: Path) -> list[list[str]]:
+async def _traced_cycle(poller: Poller, store: Stores, db: Path) -> list[list[str]]:
     statements: list[str] = []
-    store._db.set_trace_callback(statements.append)  # noqa: SLF001 - read-only tracing of what one cycle runs
+    connection = store.actions._db  # type: ignore[attr-defined]  # noqa: SLF001 - read-only tracing of what one cycle runs
+    connection.set_trace_callback(statements.append)
     await poller.poll_once()
-    store.outbox_stats()
-    store.claim_due(now=time.time(), limit=100, sink="webhook")
-    store._db.set_trace_callback(None)  # noqa: SLF001
+    await store.outbox.stats()
+    await store.outbox.claim_due(now=time.time(), limit=100, sink="webhook")
+    connection.set_trace_callback(None)
     plans = []
     with sqlite3.connect(f"file:{db}?mode=ro", uri=True) as ro:
         for sql in statements:
@@ -220,7 +223,7 @@ def _shorten(sql: str, width: int = 110) -> str:
     return one if len(one) <= width else one[: width - 3] + "..."
 
 
-async def _memory_pass(poller: Poller, store: SqliteStateStore, cycles: int) -> dict[str, Any]:
+async def _memory_pass(poller: Poller, store: Stores, cycles: int) -> dict[str, Any]:
     gc.collect()
     rss_before = rss_kib()
     tracemalloc.start()
@@ -230,7 +233,7 @@ async def _memory_pass(poller: Poller, store: SqliteStateStore, cycles: int) -> 
         tracemalloc.reset_peak()
         before = tracemalloc.get_traced_memory()[0]
         await poller.poll_once()
-        store.outbox_stats()
+        await store.outbox.stats()
         peaks.append(tracemalloc.get_traced_memory()[1] - before)
     gc.collect()
     retained = tracemalloc.get_traced_memory()[0] - base

@@ -170,7 +170,7 @@ def _throughput_notes(section: Section) -> str:
     if shares and min(shares) < 80:
         text += (
             'The relay misses "near bare". Where its extra CPU goes (profiled): per delivered event one SQLite write transaction '
-            "(`SqliteStateStore.mark_delivered`, called from `Dispatcher._record`) and one `delivery.sent` log line rendered as JSON "
+            "(`SqliteOutbox.apply_results`, called from `Dispatcher._record`) and one `delivery.sent` log line rendered as JSON "
             '(the "log level warning" column shows what dropping that line alone gives); signing and the per-send task and semaphore '
             "cost little. `Dispatcher._drain` also waits for the whole claimed batch of 100 before claiming the next, so concurrency "
             "drains to zero at every batch boundary."

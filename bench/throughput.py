@@ -1,7 +1,7 @@
 """Delivery throughput: drain a backlog of events to a local webhook receiver.
 
 The outbox of a fresh SQLite file gets ``--events`` realistic events (the documented
-examples, about 0.85 KB each) via ``store.enqueue``; then the real ``Dispatcher`` with a
+examples, about 0.85 KB each) via ``commit_cycle``, one event per transaction; then the real ``Dispatcher`` with a
 ``WebhookSink`` (signing, per-row bookkeeping, a log line per delivery rendered as JSON
 to /dev/null) drains it into a receiver running in its own process that answers 204.
 The ceiling next to it: a bare aiohttp loop posting the same bodies to the same receiver
@@ -34,7 +34,8 @@ from daemon.delivery_policy import DeliveryPolicy
 from daemon.outbox import Dispatcher
 from daemon.settings import SinkSettings
 from daemon.sinks.webhook import WebhookSink
-from daemon.store.sqlite import SqliteStateStore
+from daemon.store import CycleResult
+from daemon.store.sqlite import open_sqlite
 
 DRAIN_TIMEOUT_S = 300.0
 
@@ -48,22 +49,22 @@ def received(url: str) -> int:
 async def run_dispatcher(url: str, events: list[Any], *, concurrency: int) -> dict[str, float]:
     """Enqueue the events and let the real Dispatcher drain them; return the figures."""
     with tempfile.TemporaryDirectory(prefix="bench-throughput-") as tmp:
-        store = SqliteStateStore(Path(tmp) / "state.db")
+        store = open_sqlite(Path(tmp) / "state.db")
         started = time.perf_counter()
         now = time.time()
         for event in events:
-            store.enqueue(event, ["webhook"], now=now)
+            await store.actions.commit_cycle(CycleResult(snapshots=[], events=[(event, ["webhook"])]), now=now)
         enqueue_s = time.perf_counter() - started
         async with aiohttp.ClientSession(raise_for_status=False) as session:
             spec = SinkSettings(kind="webhook", url=SecretStr(url), secret=SecretStr(WEBHOOK_SECRET), max_concurrency=concurrency)
-            dispatcher = Dispatcher(store=store, sinks={"webhook": WebhookSink("webhook", spec, session)}, policy=DeliveryPolicy())
+            dispatcher = Dispatcher(store=store.outbox, sinks={"webhook": WebhookSink("webhook", spec, session)}, policy=DeliveryPolicy())
             before = received(url)
             c0, w0 = time.process_time(), time.perf_counter()
             await asyncio.wait_for(dispatcher.dispatch_once(), DRAIN_TIMEOUT_S)
             wall, cpu = time.perf_counter() - w0, time.process_time() - c0
             got = received(url) - before
-        pending = store.outbox_stats().pending
-        store.close()
+        pending = (await store.outbox.stats()).pending
+        await store.close()
     if pending or dispatcher.stats.delivered != len(events):
         msg = f"dispatcher left {pending} pending, delivered {dispatcher.stats.delivered}/{len(events)}"
         raise RuntimeError(msg)
@@ -164,7 +165,7 @@ def build_section(results: dict[int, dict[str, dict[str, float]]], *, events: in
                 '"relay" is `Dispatcher` + `WebhookSink` draining the SQLite outbox (Standard Webhooks signature, one `UPDATE` per delivered row, '
                 'one `delivery.sent` log line per event), "bare" is N aiohttp workers posting the same bodies on one session and nothing else. '
                 '"at log level warning" is the relay again with `RELAY_LOG_LEVEL=warning`, which drops the per-event `delivery.sent` line. '
-                '"enqueue" is `store.enqueue` one event per transaction (the poller enqueues a cycle\'s events in one transaction instead).'
+                '"enqueue" is `commit_cycle` with one event per transaction (the poller enqueues a cycle\'s events in one transaction instead).'
             ),
             markdown_table(header, rows),
         ]

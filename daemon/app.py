@@ -30,8 +30,7 @@ from daemon.poller import Poller, PollReport
 from daemon.readiness import liveness, readiness
 from daemon.settings import RelaySettings
 from daemon.sinks import Sink
-from daemon.store import OutboxStats
-from daemon.store.sqlite import SqliteStateStore
+from daemon.store import OutboxStats, Stores
 from daemon.urls import parse_listen
 from daemon.voucherify import VoucherifyClient
 
@@ -49,7 +48,7 @@ class Parts:
     settings: RelaySettings
     clock: Callable[[], float]
     lock: InstanceLock
-    store: SqliteStateStore
+    stores: Stores
     session: aiohttp.ClientSession
     client: VoucherifyClient
     sinks: Mapping[str, Sink]
@@ -63,7 +62,7 @@ class Relay:
 
     def __init__(self, parts: Parts, *, auth_backoff_s: tuple[float, float] = AUTH_BACKOFF_S) -> None:
         self._parts = parts
-        self.settings, self.store, self.client, self.metrics = parts.settings, parts.store, parts.client, parts.metrics
+        self.settings, self.stores, self.client, self.metrics = parts.settings, parts.stores, parts.client, parts.metrics
         self.dispatcher = parts.dispatcher
         self._clock = parts.clock
         self._auth_backoff_s = auth_backoff_s
@@ -77,8 +76,11 @@ class Relay:
         self._stopping = False
         self._last_tick = time.monotonic()
         self._poll_started: float | None = None
-        self._store_health = StoreHealth(parts.store, parts.dispatcher)
+        self._store_health = StoreHealth(parts.stores, parts.dispatcher)
         self._health: HealthServer | None = None
+        self._outbox_stats: OutboxStats | None = None
+        self._outbox_stats_error = "not read yet"
+        self._saved_blocked_until = parts.client.blocked_until  # the client starts from the stored deadline
 
     @property
     def running(self) -> bool:
@@ -88,9 +90,10 @@ class Relay:
     async def start(self) -> None:
         """Start the listener and the jobs; on failure, close everything before the error propagates."""
         try:
-            self.dispatcher.start()
+            await self.dispatcher.start()
+            await self._refresh_outbox_stats()
             self.metrics.declare_sinks(self._parts.sinks)
-            self.metrics.watch(outbox_stats=self.store.outbox_stats, ready=self.ready)
+            self.metrics.watch(outbox_stats=self.outbox_stats, ready=self.ready)
             await self._start_health()
             now = datetime.now(tz=UTC)
             for job, seconds in ((self.poll, self.settings.poll_interval), (self.dispatch, DISPATCH_INTERVAL_S), (self.prune, PRUNE_INTERVAL_S)):
@@ -99,7 +102,7 @@ class Relay:
         except BaseException:
             await self._close()
             raise
-        _log_started(self._parts, first_run=self.store.load_cursor().first_run)
+        _log_started(self._parts, first_run=(await self.stores.actions.load_cursor()).first_run)
 
     async def _start_health(self) -> None:
         address = parse_listen(self.settings.http_listen)
@@ -159,25 +162,27 @@ class Relay:
             return
         finally:
             self._poll_started = None
-            self._settle_requests()
+            await self._settle_requests()
         self._store_health.write_error = None
         self.last_poll, self.last_poll_ok_at = report, self._clock()
         self.metrics.observe_poll(report, duration_s=time.monotonic() - t0)
-        _log_cycle(report, client=self.client, outbox=self.store.outbox_stats(), duration_s=time.monotonic() - t0)
+        await self._refresh_outbox_stats()
+        _log_cycle(report, client=self.client, outbox=self._outbox_stats, duration_s=time.monotonic() - t0)
         self._pace(report)
         if report.events:
             self._schedule("dispatch", self._clock())
 
-    def _settle_requests(self) -> None:
+    async def _settle_requests(self) -> None:
         """Count the cycle's requests, and persist what must outlive a restart: their times (budget) and a Retry-After."""
         self.metrics.observe_api_calls(self.client.calls)
         self.metrics.set_rate_limit_remaining(self.client.rate_limit_remaining)
         sent = self.client.take_sent()
         try:
             if sent and self.settings.api_budget_per_hour:
-                self.store.record_api_calls(sent)
-            if self.client.blocked_until > float(self.store.load_meta(BLOCKED_UNTIL) or 0):
-                self.store.save_meta(BLOCKED_UNTIL, f"{self.client.blocked_until:.3f}")
+                await self.stores.calls.record(sent)
+            if self.client.blocked_until > self._saved_blocked_until:
+                await self.stores.actions.save_meta(BLOCKED_UNTIL, f"{self.client.blocked_until:.3f}")
+                self._saved_blocked_until = self.client.blocked_until
         except StoreError as exc:
             log.error("poll.store_failed", caused_by=str(exc))
 
@@ -229,12 +234,29 @@ class Relay:
         self._last_tick = time.monotonic()
         if not self._store_health.file_gone():
             self.dispatcher.kick()
+            await self._refresh_outbox_stats()
+
+    async def _refresh_outbox_stats(self) -> None:
+        """Read the outbox figures /metrics and the cycle line serve (a scrape cannot await the store)."""
+        try:
+            self._outbox_stats = await self.stores.outbox.stats()
+        except StoreError as exc:
+            self._outbox_stats, self._outbox_stats_error = None, str(exc)
+
+    def outbox_stats(self) -> OutboxStats:
+        """Return the outbox figures as of the last dispatch tick or poll; raise StoreError if that read failed."""
+        if self._outbox_stats is None:
+            raise StoreError(self._outbox_stats_error)
+        return self._outbox_stats
 
     async def prune(self) -> None:
         """Delete delivered rows and terminal actions older than RELAY_RETENTION."""
         try:
             now = self._clock()
-            deliveries, actions = self.store.prune(older_than=now - self.settings.retention.total_seconds(), calls_older_than=now - WINDOW_S)
+            older_than = now - self.settings.retention.total_seconds()
+            deliveries = await self.stores.outbox.prune(older_than=older_than)
+            actions = await self.stores.actions.prune(older_than=older_than)
+            await self.stores.calls.prune(older_than=now - WINDOW_S)
         except StoreError as exc:
             log.error("prune.failed", caused_by=str(exc))
             return
@@ -255,7 +277,7 @@ class Relay:
         cut = await sends
         if cut:
             log.warning("relay.shutdown_cut", sends=cut, grace_s=grace_s, hint="sends unanswered within the grace period stay due and are sent again")
-        unrecorded = self.dispatcher.flush_unrecorded()
+        unrecorded = await self.dispatcher.flush_unrecorded()
         if unrecorded:
             log.error("relay.results_unrecorded", rows=unrecorded, hint="the state database could not be written; these rows are sent once more after restart")
         await self._close()
@@ -266,15 +288,15 @@ class Relay:
             await self._health.close()
             self._health = None
         await self._parts.session.close()
-        self.store.close()
+        await self.stores.close()
         self._parts.lock.release()  # after the store: closing the lock's handle drops this process's locks on the file
 
 
 class StoreHealth:
     """Whether the state database still works: its file is the one opened, and writes succeed."""
 
-    def __init__(self, store: SqliteStateStore, dispatcher: Dispatcher) -> None:
-        self._store = store
+    def __init__(self, stores: Stores, dispatcher: Dispatcher) -> None:
+        self._stores = stores
         self._dispatcher = dispatcher
         self._file_problem: str | None = None
         self.write_error: str | None = None  # the last poll commit's failure, cleared by the next success
@@ -288,9 +310,9 @@ class StoreHealth:
 
     def file_gone(self) -> bool:
         """Whether the database file was deleted or replaced under us (logged once; it stays so until restart)."""
-        if self._file_problem is None and (problem := self._store.file_problem()) is not None:
+        if self._file_problem is None and (problem := self._stores.file_problem()) is not None:
             self._file_problem = problem
-            log.error("store.file_replaced", path=str(self._store.path), problem=problem, hint="polling and deliveries stop; restart the relay")
+            log.error("store.file_replaced", path=self._stores.location, problem=problem, hint="polling and deliveries stop; restart the relay")
         return self._file_problem is not None
 
 
@@ -309,7 +331,7 @@ def _log_started(parts: Parts, *, first_run: bool) -> None:
     )
 
 
-def _log_cycle(report: PollReport, *, client: VoucherifyClient, outbox: OutboxStats, duration_s: float) -> None:
+def _log_cycle(report: PollReport, *, client: VoucherifyClient, outbox: OutboxStats | None, duration_s: float) -> None:
     log.info(
         "poll.completed",
         listed=report.listed,
@@ -319,8 +341,8 @@ def _log_cycle(report: PollReport, *, client: VoucherifyClient, outbox: OutboxSt
         in_flight=report.in_flight,
         api_calls=report.api_calls,
         rate_limit_remaining=client.rate_limit_remaining,
-        outbox_pending=outbox.pending,
-        dead_letters=outbox.dead,
+        outbox_pending=None if outbox is None else outbox.pending,
+        dead_letters=None if outbox is None else outbox.dead,
         baseline=report.first_run or None,
         backlog_pages=report.backlog_pages or None,
         backlog_window_s=None if report.backlog_window_s is None else round(report.backlog_window_s, 1),

@@ -15,7 +15,7 @@ from typing import Literal
 
 import aiohttp
 
-from daemon.app import Parts, Relay
+from daemon.app import BLOCKED_UNTIL, Parts, Relay
 from daemon.budget import WINDOW_S, RequestBudget
 from daemon.delivery_policy import DeliveryPolicy
 from daemon.lock import InstanceLock
@@ -28,10 +28,9 @@ from daemon.settings import RelaySettings, SinkSettings
 from daemon.sinks import Sink
 from daemon.sinks.slack import SlackSink
 from daemon.sinks.webhook import WebhookSink
-from daemon.store.sqlite import SqliteStateStore
+from daemon.store import Stores
+from daemon.store.sqlite import open_sqlite
 from daemon.voucherify import RetryPolicy, VoucherifyClient
-
-BLOCKED_UNTIL = "api_blocked_until"  # a 429's Retry-After deadline, kept across restarts
 
 
 def build_sinks(settings: RelaySettings, session: aiohttp.ClientSession) -> dict[str, Sink]:
@@ -75,9 +74,9 @@ def route_event(specs: Mapping[str, SinkSettings], event: Event) -> list[str]:
     return [name for name, spec in specs.items() if spec.accepts(action_type=action_type, outcome=outcome)]
 
 
-def open_store(settings: RelaySettings, *, mode: Literal["rwc", "rw", "ro"] = "rwc") -> SqliteStateStore:
+def open_stores(settings: RelaySettings, *, mode: Literal["rwc", "rw", "ro"] = "rwc") -> Stores:
     """Open the state database named by RELAY_STATE_URL (``ro``/``rw``: only an existing one)."""
-    return SqliteStateStore(settings.state_path, mode=mode)
+    return open_sqlite(settings.state_path, mode=mode)
 
 
 async def build_relay(
@@ -85,7 +84,7 @@ async def build_relay(
     *,
     clock: Callable[[], float] = time.time,
     session: aiohttp.ClientSession | None = None,
-    store: SqliteStateStore | None = None,
+    stores: Stores | None = None,
     client: VoucherifyClient | None = None,
     sinks: Mapping[str, Sink] | None = None,
     retry: RetryPolicy | None = None,
@@ -100,16 +99,17 @@ async def build_relay(
         lock = InstanceLock(settings.state_path)
         lock.acquire()
         undo.callback(lock.release)
-        if store is None:
-            store = open_store(settings)
-            undo.callback(store.close)
+        if stores is None:
+            stores = open_stores(settings)
+            undo.push_async_callback(stores.close)
         if session is None:
             session = aiohttp.ClientSession(raise_for_status=False)
             undo.push_async_callback(session.close)
         if client is None:
-            budget = RequestBudget(settings.api_budget_per_hour, history=store.api_calls_since(clock() - WINDOW_S))
-            client = build_client(settings, session, retry=retry, budget=budget, blocked_until=float(store.load_meta(BLOCKED_UNTIL) or 0))
-        parts = _assemble(settings, clock=clock, lock=lock, store=store, session=session, client=client, sinks=sinks or build_sinks(settings, session))
+            budget = RequestBudget(settings.api_budget_per_hour, history=await stores.calls.since(clock() - WINDOW_S))
+            blocked_until = float(await stores.actions.load_meta(BLOCKED_UNTIL) or 0)
+            client = build_client(settings, session, retry=retry, budget=budget, blocked_until=blocked_until)
+        parts = _assemble(settings, clock=clock, lock=lock, stores=stores, session=session, client=client, sinks=sinks or build_sinks(settings, session))
         undo.pop_all()
     return Relay(parts, auth_backoff_s=auth_backoff_s)
 
@@ -119,7 +119,7 @@ def _assemble(
     *,
     clock: Callable[[], float],
     lock: InstanceLock,
-    store: SqliteStateStore,
+    stores: Stores,
     session: aiohttp.ClientSession,
     client: VoucherifyClient,
     sinks: Mapping[str, Sink],
@@ -127,7 +127,7 @@ def _assemble(
     metrics = RelayMetrics(clock=clock)
     poller = Poller(
         client=client,
-        store=store,
+        store=stores.actions,
         route=partial(route_event, settings.all_sinks()),
         page_size=settings.list_page_size,
         max_pages=settings.max_pages_per_cycle,
@@ -137,12 +137,14 @@ def _assemble(
         max_event_bytes=settings.max_event_bytes,
     )
     policy = DeliveryPolicy(max_delay_s=settings.delivery_retry_max_delay, max_age_s=settings.delivery_max_age.total_seconds())
-    dispatcher = Dispatcher(store=store, sinks=sinks, policy=policy, clock=clock, on_result=metrics.delivery_result, on_store_failed=metrics.store_write_failed)
+    dispatcher = Dispatcher(
+        store=stores.outbox, sinks=sinks, policy=policy, clock=clock, on_result=metrics.delivery_result, on_store_failed=metrics.store_write_failed
+    )
     return Parts(
         settings=settings,
         clock=clock,
         lock=lock,
-        store=store,
+        stores=stores,
         session=session,
         client=client,
         sinks=sinks,

@@ -13,11 +13,15 @@ import sys
 import time
 from collections.abc import Sequence
 from datetime import UTC, datetime
+from typing import TYPE_CHECKING
 
 from daemon import __version__
 from daemon.errors import ConfigError, RelayError
 from daemon.logs import configure_logging
 from daemon.settings import RelaySettings, load_settings
+
+if TYPE_CHECKING:
+    from daemon.store import OutboxRow
 
 EX_CONFIG = 78
 
@@ -99,11 +103,7 @@ def _check() -> int:
 
 
 def _outbox_list(*, dead: bool, as_json: bool, limit: int) -> int:
-    from daemon.bootstrap import open_store  # noqa: PLC0415
-
-    store = open_store(_settings(require_api=False, require_sink=False), mode="ro")
-    rows = store.list_outbox(dead=dead, limit=limit)
-    store.close()
+    rows = asyncio.run(_read_outbox(dead=dead, limit=limit))
     if as_json:
         for row in rows:
             print(json.dumps(_row_dict(row)))
@@ -123,16 +123,32 @@ def _row_dict(row: object) -> dict[str, object]:
 
 
 def _outbox_replay(*, row_id: int | None, dead: bool) -> int:
-    from daemon.bootstrap import open_store  # noqa: PLC0415
-
-    store = open_store(_settings(require_api=False, require_sink=False), mode="rw")
-    count = store.replay(None if dead else row_id, now=time.time())
-    store.close()
+    count = asyncio.run(_replay_outbox(None if dead else row_id))
     if count == 0:
         print("nothing to replay" if dead else f"no outbox row {row_id}", file=sys.stderr)
         return 0 if dead else 1
     print(f"{count} deliver{'y' if count == 1 else 'ies'} due again; a running relay sends {'it' if count == 1 else 'them'} within a second")
     return 0
+
+
+async def _read_outbox(*, dead: bool, limit: int) -> list[OutboxRow]:
+    from daemon.store.sqlite import open_sqlite  # noqa: PLC0415
+
+    stores = open_sqlite(_settings(require_api=False, require_sink=False).state_path, mode="ro")
+    try:
+        return await stores.outbox.list(dead=dead, limit=limit)
+    finally:
+        await stores.close()
+
+
+async def _replay_outbox(row_id: int | None) -> int:
+    from daemon.store.sqlite import open_sqlite  # noqa: PLC0415
+
+    stores = open_sqlite(_settings(require_api=False, require_sink=False).state_path, mode="rw")
+    try:
+        return await stores.outbox.replay(row_id, now=time.time())
+    finally:
+        await stores.close()
 
 
 def _when(epoch: float) -> str:

@@ -29,7 +29,7 @@ from daemon.delivery_policy import DeliveryPolicy, Verdict
 from daemon.errors import StoreError
 from daemon.model import Delivery
 from daemon.sinks import SendResult, Sink
-from daemon.store import AttemptResults, StateStore
+from daemon.store import AttemptResults, Outbox
 
 log = structlog.get_logger("daemon.outbox")
 STORE_BACKOFF_S = (1.0, 60.0)  # first and longest pause after the results of a batch could not be written
@@ -69,7 +69,7 @@ class Dispatcher:
     def __init__(
         self,
         *,
-        store: StateStore,
+        store: Outbox,
         sinks: Mapping[str, Sink],
         policy: DeliveryPolicy,
         clock: Callable[[], float] = time.time,
@@ -89,9 +89,9 @@ class Dispatcher:
         self._closing = False
         self.stats = DispatchStats()
 
-    def start(self) -> None:
+    async def start(self) -> None:
         """Dead-letter rows left for sinks that are no longer configured."""
-        orphaned = self._store.dead_letter_unknown_sinks(self._sinks)
+        orphaned = await self._store.dead_letter_unknown_sinks(self._sinks)
         if orphaned:
             log.error("outbox.orphaned_rows", count=orphaned, hint="their sink was removed from the configuration; see `outbox list --dead`")
 
@@ -134,10 +134,10 @@ class Dispatcher:
             await self.wait_idle()
         return len(cut)
 
-    def flush_unrecorded(self) -> int:
+    async def flush_unrecorded(self) -> int:
         """Try once more to write answers held back by a store failure; return how many rows stay unrecorded."""
         for name in list(self._unrecorded):
-            self._record(name, self._unrecorded[name].results)
+            await self._record(name, self._unrecorded[name].results)
         return sum(len(u.results.delivered) + len(u.results.retries) + len(u.results.dead) for u in self._unrecorded.values())
 
     def cancel(self) -> int:
@@ -150,12 +150,12 @@ class Dispatcher:
     async def _drain(self, name: str, sink: Sink) -> None:
         limit = asyncio.Semaphore(sink.max_concurrency)
         try:
-            if not self._retry_unrecorded(name):
+            if not await self._retry_unrecorded(name):
                 return
-            while not self._closing and (batch := self._store.claim_due(now=self._clock(), limit=self._policy.batch_size, sink=name)):
+            while not self._closing and (batch := await self._store.claim_due(now=self._clock(), limit=self._policy.batch_size, sink=name)):
                 started = time.monotonic()
                 plan = await self._attempt(sink, batch, limit)
-                if not self._record(name, AttemptResults(delivered=plan.delivered, retries=plan.retries, dead=plan.dead)):
+                if not await self._record(name, AttemptResults(delivered=plan.delivered, retries=plan.retries, dead=plan.dead)):
                     return
                 log.info(
                     "dispatch.batch",
@@ -192,19 +192,19 @@ class Dispatcher:
                 return None
             return await sink.send(delivery)
 
-    def _retry_unrecorded(self, name: str) -> bool:
+    async def _retry_unrecorded(self, name: str) -> bool:
         """Write answers held back by a store failure once their backoff has passed; True when none are left."""
         held = self._unrecorded.get(name)
         if held is None:
             return True
         if time.monotonic() < held.retry_at:
             return False
-        return self._record(name, held.results)
+        return await self._record(name, held.results)
 
-    def _record(self, name: str, results: AttemptResults) -> bool:
+    async def _record(self, name: str, results: AttemptResults) -> bool:
         """Write a batch's answers; on a store failure hold them and pause this sink. Return whether they were written."""
         try:
-            self._store.apply_results(results, now=self._clock())
+            await self._store.apply_results(results, now=self._clock())
         except StoreError as exc:
             self._hold(name, results, cause=str(exc))
             return False

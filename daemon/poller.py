@@ -22,7 +22,7 @@ from daemon.eventsize import clip_text, fit_event
 from daemon.listing import ListPlan, ListWalker, ListWindow, backlog_window_s
 from daemon.model import ActionSnapshot, Event, format_timestamp, parse_timestamp
 from daemon.normalize import normalize, stuck_event
-from daemon.store import Cursor, CycleResult, StateStore
+from daemon.store import ActionStore, Cursor, CycleResult
 from daemon.voucherify import VoucherifyClient
 
 log = structlog.get_logger("daemon.poller")
@@ -57,7 +57,7 @@ class Poller:
         self,
         *,
         client: VoucherifyClient,
-        store: StateStore,
+        store: ActionStore,
         route: Callable[[Event], Sequence[str]],
         page_size: int = 100,
         max_pages: int = 20,
@@ -81,21 +81,21 @@ class Poller:
     async def poll_once(self) -> PollReport:
         """Run one cycle; raise VoucherifyError if the list itself could not be read."""
         calls_before = self._client.requests_sent
-        cursor = self._store.load_cursor()
+        cursor = await self._store.load_cursor()
         now = datetime.fromtimestamp(self._clock(), tz=UTC)
-        in_flight = self._store.in_flight()
+        in_flight = await self._store.in_flight()
         plan = self._plan(cursor, now=now)
         window = await ListWalker(self._client, page_size=self._page_size, in_flight=in_flight).walk(plan)
         listed = self._snapshots(window.items.values())
         owed = self._snapshots(window.backlog_items.values())
-        previous = {**in_flight, **self._store.get_snapshots(s.id for s in [*listed, *owed])}
+        previous = {**in_flight, **await self._store.get_snapshots(s.id for s in [*listed, *owed])}
         details, gone, rechecked = await self._recheck_missing(in_flight, window.items.keys() | window.backlog_items.keys())
         backfill_since = now - self._backfill if self._backfill else None
         changes = diff(previous, [*listed, *rechecked], first_run=cursor.first_run, backfill_since=backfill_since, new_after=plan.horizon)
         changes += self._backlog_changes(previous, owed, cursor)
         kept, events = await self._events_for(changes, details, now=now)
-        stuck, stuck_ids = self._stuck([*listed, *rechecked], now=now, first_run=cursor.first_run)
-        old_stuck, old_stuck_ids = self._stuck(owed, now=now, first_run=cursor.first_run or _baseline(cursor))
+        stuck, stuck_ids = await self._stuck([*listed, *rechecked], now=now, first_run=cursor.first_run)
+        old_stuck, old_stuck_ids = await self._stuck(owed, now=now, first_run=cursor.first_run or _baseline(cursor))
         newest = _newest(cursor.newest_created_at, window.items.values())
         result = CycleResult(
             snapshots=[c.snapshot for c in kept],
@@ -107,7 +107,7 @@ class Poller:
             backlog=window.backlog,
             backlog_changed=window.backlog != cursor.backlog,
         )
-        self._store.commit_cycle(result, now=self._clock())
+        await self._store.commit_cycle(result, now=self._clock())
         made = tuple(event for event, _ in result.events)
         return self._report(window, cursor, current=[*listed, *owed, *rechecked], events=made, kept=len(kept), calls_before=calls_before)
 
@@ -149,9 +149,9 @@ class Poller:
             backlog_pages_owed=_pages_owed(window_s, window.page_span_s),
         )
 
-    def _stuck(self, current: Sequence[ActionSnapshot], *, now: datetime, first_run: bool) -> tuple[list[Event], list[str]]:
+    async def _stuck(self, current: Sequence[ActionSnapshot], *, now: datetime, first_run: bool) -> tuple[list[Event], list[str]]:
         """Report in-flight actions past RELAY_STUCK_AFTER once; on the first run only mark them (the baseline)."""
-        found = find_stuck(current, now=now, stuck_after=self._stuck_after, notified=self._store.stuck_notified())
+        found = find_stuck(current, now=now, stuck_after=self._stuck_after, notified=await self._store.stuck_notified())
         marked = [s.id for s, _ in found]
         if first_run:
             return [], marked

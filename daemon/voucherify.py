@@ -201,6 +201,7 @@ class VoucherifyClient:
         self.calls[(endpoint, "too_large")] += 1
         msg = f"GET {path}: response body larger than RELAY_API_MAX_RESPONSE_BYTES ({cap} bytes)"
         raise BadResponseError(msg)
+
     def _where(self) -> str:
         url = urlsplit(self._base_url)
         port = url.port or (443 if url.scheme == "https" else 80)

@@ -3,15 +3,20 @@
 from __future__ import annotations
 
 import asyncio
+import inspect
 import time
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import pytest
 
 from daemon.demo.receiver import RecordingReceiver
 from daemon.demo.standin import VoucherifyStandIn
 from daemon.settings import RelaySettings, load_settings
+
+if TYPE_CHECKING:
+    from daemon.app import Relay
 from tests.fakes.slack import HOOK_PATH as FAKE_SLACK_HOOK_PATH
 
 APP_TOKEN = "tok_live_s3cr3t_0123456789abcdef"
@@ -68,10 +73,13 @@ def make_settings(tmp_path: Path, standin: VoucherifyStandIn, receiver: Recordin
     return build
 
 
-async def until(predicate: Callable[[], bool], *, timeout_s: float = 10.0, interval_s: float = 0.02) -> None:
-    """Wait until ``predicate()`` holds, failing the test after ``timeout_s``."""
+async def until(predicate: Callable[[], bool | Awaitable[bool]], *, timeout_s: float = 10.0, interval_s: float = 0.02) -> None:
+    """Wait until ``predicate()`` holds (a plain or an awaitable answer), failing the test after ``timeout_s``."""
     deadline = time.monotonic() + timeout_s
-    while not predicate():
+    while True:
+        answer = predicate()
+        if await answer if inspect.isawaitable(answer) else answer:
+            return
         if time.monotonic() > deadline:
             pytest.fail(f"condition not met within {timeout_s}s")
         await asyncio.sleep(interval_s)
@@ -116,3 +124,9 @@ def no_secret_in_output(request: pytest.FixtureRequest, caplog: pytest.LogCaptur
     leaks = [f"{name} in {where}" for where, text in sources.items() for name in find_secrets(text)]
     if leaks:
         pytest.fail("secret leaked: " + ", ".join(leaks), pytrace=False)
+
+
+async def outbox_has(relay: Relay, **figures: int) -> bool:
+    """Tell whether the running relay's outbox shows these figures (``pending=0``, ``dead=1``)."""
+    stats = await relay.stores.outbox.stats()
+    return all(getattr(stats, name) == value for name, value in figures.items())

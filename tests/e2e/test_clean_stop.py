@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections import Counter
 
-from daemon.store.sqlite import SqliteStateStore
+from daemon.store.sqlite import open_sqlite
 from tests.conftest import relay_env, until
 from tests.e2e.conftest import RelayProcess
 
@@ -27,9 +27,9 @@ async def test_sigterm_records_what_was_sent_and_a_restart_resends_nothing(stand
     assert not any("relay.shutdown_cut" in line for line in first.output)
     sent_before = Counter(r.event_id for r in receiver.requests)
     assert len(sent_before) < BACKLOG
-    store = SqliteStateStore(tmp_path / "state.db", mode="ro")
-    pending = store.list_outbox(dead=False, limit=BACKLOG)
-    store.close()
+    stores = open_sqlite(tmp_path / "state.db", mode="ro")
+    pending = await stores.outbox.list(dead=False, limit=BACKLOG)
+    await stores.close()
     assert len(pending) == BACKLOG - len(sent_before), "every answer was recorded, every other row is still pending"
     assert all(row.attempts == 0 for row in pending), "rows not started were left untouched"
     receiver.script.clear()

@@ -7,7 +7,8 @@ import json
 import pytest
 
 from daemon.model import Event
-from daemon.store.sqlite import SqliteStateStore
+from daemon.store import AttemptResults, CycleResult
+from daemon.store.sqlite import open_sqlite
 from tests.conftest import APP_TOKEN, WEBHOOK_SECRET, relay_env
 
 BASE = {"RELAY_VOUCHERIFY_APP_ID": "app", "RELAY_VOUCHERIFY_APP_TOKEN": APP_TOKEN, "RELAY_WEBHOOK_URL": "https://hooks.example.com/in"}
@@ -60,12 +61,12 @@ async def test_check_says_plainly_when_keys_are_wrong(run_cli, standin):
 async def test_outbox_list_and_replay(run_cli, tmp_path, standin, receiver):
     """Dead letters are listed and `outbox replay --dead` makes them due again."""
     env = relay_env(tmp_path, standin, receiver)
-    store = SqliteStateStore(tmp_path / "state.db")
+    stores = open_sqlite(tmp_path / "state.db")
     event = Event(id="evt_1", type="async_action.failed", timestamp="2026-01-01T00:00:00.000Z", data={"id": "aa_1"})
-    store.enqueue(event, ["webhook"], now=1.0)
-    [delivery] = store.claim_due(now=2.0, limit=10)
-    store.mark_dead(delivery.row_id, reason="HTTP 410: endpoint gone")
-    store.close()
+    await stores.actions.commit_cycle(CycleResult(snapshots=[], events=[(event, ["webhook"])]), now=1.0)
+    [delivery] = await stores.outbox.claim_due(now=2.0, limit=10)
+    await stores.outbox.apply_results(AttemptResults(dead=[(delivery.row_id, "HTTP 410: endpoint gone")]), now=2.0)
+    await stores.close()
     code, out, _ = await run_cli("outbox", "list", "--dead", env=env)
     assert code == 0
     assert "aa_1" in out

@@ -63,7 +63,7 @@ async def test_a_damaged_state_file_exits_1_with_a_clear_error(standin, receiver
     if damage == "not a database":
         state.write_bytes(b"PK\x03\x04 this is a zip file, not a database" * 100)
     else:
-        filled_store(state)
+        await filled_store(state)
         corrupt(state)
     code, err = await run_relay(relay_env(tmp_path, standin, receiver), cwd=tmp_path)
     assert_one_clear_line(code, err, "state database", problem, str(state))
@@ -76,7 +76,7 @@ async def test_read_only_state_exits_1_with_a_clear_error(standin, receiver, tmp
     folder = tmp_path / "state"
     folder.mkdir()
     state = folder / "state.db"
-    filled_store(state)
+    await filled_store(state)
     if read_only == "file":
         for path in folder.iterdir():
             path.chmod(0o444)

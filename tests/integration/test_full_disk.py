@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 from structlog.testing import capture_logs
 
-from tests.conftest import until
+from tests.conftest import outbox_has, until
 from tests.integration.test_relay import baseline, running
 from tests.integration.test_relay_health import get
 
@@ -55,7 +55,7 @@ async def test_a_full_disk_pauses_the_sink_instead_of_resending(standin, receive
             await baseline(relay)
             for action_id in ids:
                 standin.complete_action(action_id, example="SKUS.IMPORT_CSV")
-            await until(lambda: relay.store.outbox_stats().pending == EVENTS, interval_s=0.005)
+            await until(lambda: outbox_has(relay, pending=EVENTS), interval_s=0.005)
             filler = fill(small_disk)
             await until(lambda: len(receiver.requests) >= EVENTS)
             await asyncio.sleep(1.5)  # the old dispatcher resent the whole batch every second meanwhile
@@ -65,7 +65,7 @@ async def test_a_full_disk_pauses_the_sink_instead_of_resending(standin, receive
             assert "cannot write the state database" in body
             assert "database or disk is full" in body
             filler.unlink()
-            await until(lambda: relay.store.outbox_stats().pending == 0, timeout_s=10)
+            await until(lambda: outbox_has(relay, pending=0), timeout_s=10)
             assert (await get(relay.http_port or 0, "/readyz"))[0] == 200
             metrics = relay.metrics.render().decode()
     per_event = Counter(r.event_id for r in receiver.requests)

@@ -22,8 +22,8 @@ from daemon.metrics import MAX_ACTION_TYPES, RelayMetrics, failure_reason
 from daemon.model import Event
 from daemon.poller import PollReport
 from daemon.settings import load_settings
-from daemon.store import OutboxStats
-from daemon.store.sqlite import SqliteStateStore
+from daemon.store import CycleResult, OutboxStats
+from daemon.store.sqlite import open_sqlite
 from tests.conftest import APP_TOKEN, WEBHOOK_SECRET
 
 if TYPE_CHECKING:
@@ -287,16 +287,17 @@ async def test_no_secret_reaches_a_metric_label(http, base_url, metrics, tmp_pat
 
 
 async def test_outbox_figures_come_from_a_real_store(tmp_path):
-    """Watching a real SqliteStateStore, the gauges show its pending rows and the oldest one's age."""
-    store = SqliteStateStore(tmp_path / "state.db")
+    """Watching figures read from a real SQLite outbox, the gauges show its pending rows and the oldest one's age."""
+    stores = open_sqlite(tmp_path / "state.db")
     try:
         event = Event(id="evt_1", type="async_action.completed", timestamp="2026-01-01T00:00:00.000Z", data={"id": "aa_1"})
-        store.enqueue(event, ["webhook", "slack"], now=NOW - 30.0)
+        await stores.actions.commit_cycle(CycleResult(snapshots=[], events=[(event, ["webhook", "slack"])]), now=NOW - 30.0)
+        stats = await stores.outbox.stats()
         metrics = RelayMetrics(clock=lambda: NOW)
-        metrics.watch(outbox_stats=store.outbox_stats)
+        metrics.watch(outbox_stats=lambda: stats)
         found = samples(metrics.render().decode())
     finally:
-        store.close()
+        await stores.close()
     assert found[("voucherify_relay_outbox_pending_deliveries", ())] == 2
     assert found[("voucherify_relay_dead_letters", ())] == 0
     assert found[("voucherify_relay_oldest_pending_delivery_age_seconds", ())] == 30

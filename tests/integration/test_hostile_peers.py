@@ -22,6 +22,7 @@ from aiohttp import web
 from pydantic import SecretStr
 from structlog.testing import capture_logs
 
+from daemon.app import Relay
 from daemon.errors import BadResponseError, RedirectError
 from daemon.model import Delivery
 from daemon.settings import SinkSettings, load_settings
@@ -248,6 +249,11 @@ async def test_control_characters_in_a_secret_make_check_exit_78(tmp_path):
 # --- redirects from receivers ---------------------------------------------------------------
 
 
+async def retried_twice(relay: Relay) -> bool:
+    """Whether some pending delivery has failed at least twice."""
+    return any(r.attempts >= 2 for r in await relay.stores.outbox.list(dead=False))
+
+
 @pytest.mark.parametrize("status", [301, 302, 307, 308])
 async def test_a_redirecting_receiver_is_a_failed_attempt(standin, receiver, servers, tmp_path, status):
     """A receiver answering 3xx leaves the row undelivered, the other host gets nothing, and the error names the redacted Location."""
@@ -258,8 +264,8 @@ async def test_a_redirecting_receiver_is_a_failed_attempt(standin, receiver, ser
     async with running(load_settings(env)) as relay:
         await baseline(relay)
         standin.complete_action(action)
-        await until(lambda: any(r.attempts >= 2 for r in relay.store.list_outbox(dead=False)))
-        rows = relay.store.list_outbox(dead=False)
+        await until(lambda: retried_twice(relay))
+        rows = await relay.stores.outbox.list(dead=False)
     assert other.requests == []
     assert len(rows) == 1
     assert f"redirects to {other.url}/catch/…" in (rows[0].last_error or "")
@@ -305,7 +311,7 @@ async def test_an_endless_receiver_answer_keeps_memory_bounded(standin, receiver
             for action in actions:
                 standin.complete_action(action)
             await until(lambda: len(receiver.delivered) == 3 and len(hose.requests) >= 6)
-            pending = relay.store.list_outbox(dead=False)
+            pending = await relay.stores.outbox.list(dead=False)
         peak = growth()
     assert peak < RSS_BOUND, f"peak RSS grew {peak / MIB:.0f} MiB"
     assert {row.sink for row in pending} == {"hose"}

@@ -11,11 +11,11 @@ import pytest
 from structlog.testing import capture_logs
 
 from daemon.app import Relay
-from daemon.errors import ClientRequestError
+from daemon.demo.receiver import RecordingReceiver
 from daemon.demo.standin import VoucherifyStandIn
+from daemon.errors import ClientRequestError
 from daemon.voucherify import VoucherifyClient
 from tests.conftest import APP_TOKEN, until
-from daemon.demo.receiver import RecordingReceiver
 from tests.integration.test_relay import baseline, running
 
 
@@ -27,9 +27,14 @@ def delivered_per_action(receiver: RecordingReceiver) -> Counter[str]:
     return Counter({action: len(events) for action, events in ids.items()})
 
 
-def caught_up(relay: Relay) -> bool:
+async def caught_up(relay: Relay) -> bool:
     """Whether the persisted cursor owes no list pages."""
-    return relay.store.load_cursor().backlog is None
+    return (await relay.stores.actions.load_cursor()).backlog is None
+
+
+async def has_backlog(relay: Relay) -> bool:
+    """Whether the persisted cursor owes list pages."""
+    return not await caught_up(relay)
 
 
 async def test_a_burst_past_the_page_cap_is_delivered_in_full(standin, receiver, make_settings):
@@ -37,7 +42,7 @@ async def test_a_burst_past_the_page_cap_is_delivered_in_full(standin, receiver,
     async with running(make_settings(max_pages_per_cycle="2")) as relay:
         await baseline(relay)
         ids = [standin.add_action("VOUCHERS.METADATA_UPDATE") for _ in range(700)]
-        await until(lambda: relay.store.load_cursor().backlog is not None)
+        await until(lambda: has_backlog(relay))
         for action_id in ids:
             standin.complete_action(action_id)
         await until(lambda: len(delivered_per_action(receiver)) == 700, timeout_s=30)
@@ -54,11 +59,11 @@ async def test_new_actions_are_not_delayed_by_the_backlog(standin, receiver, mak
         await baseline(relay)
         for _ in range(600):
             standin.complete_action(standin.add_action("ORDERS.IMPORT"), example="ORDERS.IMPORT")
-        await until(lambda: relay.store.load_cursor().backlog is not None)
+        await until(lambda: has_backlog(relay))
         late = standin.add_action("CUSTOMERS.IMPORT_CSV")
         standin.complete_action(late, example="CUSTOMERS.IMPORT_CSV")
         await until(lambda: late in delivered_per_action(receiver), timeout_s=5)
-        assert not caught_up(relay)
+        assert not await caught_up(relay)
         await until(lambda: len(delivered_per_action(receiver)) == 601, timeout_s=30)
 
 
@@ -88,7 +93,7 @@ async def test_a_capped_baseline_records_history_without_sending_it(standin, rec
         standin.add_action("VOUCHERS.IMPORT_CSV", status="DONE", progress=100, created_at=old + timedelta(seconds=10 + i))
     async with running(make_settings(max_pages_per_cycle="2")) as relay:
         await baseline(relay)
-        assert relay.store.load_cursor().backlog is not None
+        assert await has_backlog(relay)
         standin.complete_action(running_then[0], example="PRODUCTS.IMPORT_CSV")  # finishes before the backlog reaches it
         await until(lambda: caught_up(relay), timeout_s=10)
         standin.complete_action(running_then[1], example="PRODUCTS.IMPORT_CSV")  # finishes after it was recorded in flight

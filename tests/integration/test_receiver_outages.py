@@ -8,7 +8,7 @@ from structlog.testing import capture_logs
 
 from daemon.demo.receiver import verify_signature
 from daemon.model import event_id_for
-from tests.conftest import WEBHOOK_SECRET, until
+from tests.conftest import WEBHOOK_SECRET, outbox_has, until
 from tests.integration.test_relay import baseline, running
 
 
@@ -28,8 +28,8 @@ async def test_a_receiver_slower_than_the_sink_timeout_is_retried(standin, recei
         async with running(make_settings(**named_sink(receiver, "x", timeout_s="0.5"))) as relay:
             await baseline(relay)
             standin.complete_action(action_id, example="SKUS.IMPORT_CSV")
-            await until(lambda: len(receiver.requests) >= 3 and relay.store.outbox_stats().pending == 0, timeout_s=10)
-            stats = relay.store.outbox_stats()
+            await until(lambda: len(receiver.requests) >= 3 and outbox_has(relay, pending=0), timeout_s=10)
+            stats = await relay.stores.outbox.stats()
     assert (stats.pending, stats.dead) == (0, 0)
     retries = [e for e in logs if e["event"] == "delivery.retry_scheduled"]
     assert [e["caused_by"] for e in retries[:2]] == ["timed out after 0.5s"] * 2
@@ -47,8 +47,8 @@ async def test_an_outage_of_every_kind_then_recovery_delivers_everything(standin
         for action_id in ids:
             standin.complete_action(action_id, result={"message": "3 vouchers imported", "done_count": 3, "failed_count": 0})
         expected = {event_id_for(i, "async_action.completed") for i in ids}
-        await until(lambda: relay.store.outbox_stats().pending == 0 and expected <= receiver.delivered_ids(), timeout_s=15)
-        assert relay.store.outbox_stats().dead == 0
+        await until(lambda: expected <= receiver.delivered_ids() and outbox_has(relay, pending=0), timeout_s=15)
+        assert await outbox_has(relay, dead=0)
     assert not receiver.script, "the whole outage was played"
     assert receiver.delivered_ids() == expected
     bodies = defaultdict(set)

@@ -12,7 +12,7 @@ from daemon.bootstrap import build_relay
 from daemon.demo.receiver import verify_signature
 from daemon.settings import RelaySettings
 from daemon.voucherify import RetryPolicy
-from tests.conftest import WEBHOOK_SECRET, until, watch_output
+from tests.conftest import WEBHOOK_SECRET, outbox_has, until, watch_output
 
 FAST = RetryPolicy(max_attempts=3, backoff_max_s=0.05, backoff_multiplier_s=0.01)
 
@@ -27,6 +27,11 @@ async def running(settings: RelaySettings) -> AsyncIterator[Relay]:
         yield relay
     finally:
         await relay.stop(grace_s=2)
+
+
+async def not_in_flight(relay: Relay, action_id: str) -> bool:
+    """Whether the relay no longer holds ``action_id`` as in flight."""
+    return action_id not in await relay.stores.actions.in_flight()
 
 
 async def baseline(relay: Relay) -> None:
@@ -176,7 +181,7 @@ async def test_an_action_that_disappears_sends_nothing(standin, receiver, make_s
         await baseline(relay)
         standin.remove_action(ids[0])  # the oldest: outside the first page, so it is fetched by id
         await until(lambda: standin.count("get") >= 1)
-        await until(lambda: ids[0] not in relay.store.in_flight())
+        await until(lambda: not_in_flight(relay, ids[0]))
     assert receiver.requests == []
 
 
@@ -231,11 +236,11 @@ async def test_410_dead_letters_and_replay_delivers(standin, receiver, make_sett
     async with running(settings) as relay:
         await baseline(relay)
         standin.complete_action(action_id, example="SKUS.IMPORT_CSV")
-        await until(lambda: relay.store.outbox_stats().dead == 1)
-        [dead] = relay.store.list_outbox(dead=True)
+        await until(lambda: outbox_has(relay, dead=1))
+        [dead] = await relay.stores.outbox.list(dead=True)
         assert "410" in (dead.last_error or "")
     async with running(settings) as relay:
-        assert relay.store.replay(None, now=0) == 1
+        assert await relay.stores.outbox.replay(None, now=0) == 1
         await until(lambda: len(receiver.delivered) == 1)
     assert receiver.delivered[0].event_id == dead.event_id
 
@@ -247,5 +252,5 @@ async def test_deliveries_older_than_max_age_are_dead_lettered(standin, receiver
     async with running(make_settings(delivery_max_age="1s")) as relay:
         await baseline(relay)
         standin.complete_action(action_id, example="SKUS.IMPORT_CSV")
-        await until(lambda: relay.store.outbox_stats().dead == 1)
+        await until(lambda: outbox_has(relay, dead=1))
     assert receiver.delivered == []

@@ -40,6 +40,27 @@ async def test_ready_after_a_poll_and_metrics_count_the_work(standin, receiver, 
         assert secret not in text
 
 
+async def test_metrics_show_the_outbox_as_it_fills_and_drains(standin, receiver, make_settings):
+    """/metrics, which cannot await the store, shows a delivery pending while the receiver fails and none once it answers."""
+    action_id = standin.add_action("CUSTOMERS.IMPORT_CSV")
+    receiver.default_status = 503
+    async with running(make_settings(http_listen="127.0.0.1:0")) as relay:
+        assert relay.http_port
+        await baseline(relay)
+        standin.complete_action(action_id, example="PRODUCTS.IMPORT_CSV")
+        await until(lambda: pending_on_metrics(relay.http_port, 1), timeout_s=5)
+        receiver.default_status = 204
+        await until(lambda: len(receiver.delivered) == 1, timeout_s=10)
+        await until(lambda: pending_on_metrics(relay.http_port, 0), timeout_s=5)
+
+
+async def pending_on_metrics(port: int, expected: int) -> bool:
+    """Whether /metrics reports ``expected`` pending deliveries."""
+    _, text = await get(port, "/metrics")
+    found = [s.value for f in text_string_to_metric_families(text) for s in f.samples if s.name == "voucherify_relay_outbox_pending_deliveries"]
+    return found == [expected]
+
+
 async def test_not_ready_when_credentials_are_refused(standin, receiver, make_settings):
     """A 401 makes /readyz answer 503 naming the cause, while /healthz stays 200."""
     standin.inject("401", path="list", times=5)

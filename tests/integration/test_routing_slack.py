@@ -11,7 +11,7 @@ import pytest
 from daemon.demo.receiver import RecordingReceiver
 from daemon.model import event_id_for
 from daemon.slack_blocks import validate_message
-from tests.conftest import until
+from tests.conftest import outbox_has, until
 from tests.fakes.slack import FakeSlack
 from tests.integration.test_relay import baseline, running
 
@@ -90,9 +90,9 @@ async def test_slack_configuration_errors_dead_letter_without_retrying(standin, 
     async with running(make_settings(**slack_sink(slack.url))) as relay:
         await baseline(relay)
         standin.complete_action(action_id, example="SKUS.IMPORT_CSV")
-        await until(lambda: relay.store.outbox_stats().dead == 1)
+        await until(lambda: outbox_has(relay, dead=1))
         await asyncio.sleep(0.3)
-        [dead] = relay.store.list_outbox(dead=True)
+        [dead] = await relay.stores.outbox.list(dead=True)
     assert len(slack.answers) == 1
     assert "channel_not_found" in (dead.last_error or "")
 

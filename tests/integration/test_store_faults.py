@@ -16,7 +16,7 @@ from daemon.bootstrap import build_relay
 from daemon.errors import StoreError
 from daemon.model import Event, event_id_for
 from daemon.store import CycleResult
-from daemon.store.sqlite import SqliteStateStore
+from daemon.store.sqlite import open_sqlite
 from tests.conftest import until
 from tests.integration.test_relay import FAST, baseline, running
 
@@ -29,13 +29,12 @@ def corrupt(path: Path) -> None:
     path.write_bytes(bytes(data))
 
 
-def filled_store(path: Path) -> None:
+async def filled_store(path: Path) -> None:
     """Create a state database with a few hundred outbox rows, then close it."""
-    store = SqliteStateStore(path)
-    for n in range(200):
-        event = Event(id=f"evt_{n}", type="async_action.completed", timestamp="2026-11-23T11:00:00.000Z", data={"id": f"aa_{n}" * 10})
-        store.enqueue(event, ["a", "b"], now=1.0)
-    store.close()
+    stores = open_sqlite(path)
+    events = [Event(id=f"evt_{n}", type="async_action.completed", timestamp="2026-11-23T11:00:00.000Z", data={"id": f"aa_{n}" * 10}) for n in range(200)]
+    await stores.actions.commit_cycle(CycleResult(snapshots=[], events=[(event, ["a", "b"]) for event in events]), now=1.0)
+    await stores.close()
 
 
 async def test_a_second_relay_on_the_same_state_is_refused(make_settings):
@@ -53,7 +52,7 @@ async def test_a_file_that_is_not_a_database_is_refused(make_settings):
     settings = make_settings()
     settings.state_path.write_text("voucherify,relay\nthis is a CSV, not a database\n")
     with pytest.raises(StoreError, match=r"state database .*state\.db: cannot open: file is not a database"):
-        SqliteStateStore(settings.state_path)
+        open_sqlite(settings.state_path)
     with pytest.raises(StoreError, match="file is not a database"):
         await build_relay(settings, retry=FAST)
     settings.state_path.unlink()
@@ -61,39 +60,41 @@ async def test_a_file_that_is_not_a_database_is_refused(make_settings):
         await baseline(relay)
 
 
-def test_a_corrupted_database_raises_store_errors_only(tmp_path):
+async def test_a_corrupted_database_raises_store_errors_only(tmp_path):
     """Every read and write on a corrupted database raises StoreError naming the file and the damage, never a raw sqlite3 error."""
     path = tmp_path / "state.db"
-    filled_store(path)
+    await filled_store(path)
     corrupt(path)
-    store = SqliteStateStore(path)
+    stores = open_sqlite(path)
+    actions, outbox = stores.actions, stores.outbox
     operations = {
-        "load_cursor": store.load_cursor,
-        "in_flight": store.in_flight,
-        "claim_due": lambda: store.claim_due(now=time.time(), limit=10),
-        "list_outbox": lambda: store.list_outbox(dead=False),
-        "outbox_stats": store.outbox_stats,
-        "commit_cycle": lambda: store.commit_cycle(CycleResult(snapshots=[], events=[]), now=1.0),
-        "replay": lambda: store.replay(None, now=1.0),
-        "prune": lambda: store.prune(older_than=time.time()),
-        "dead_letter_unknown_sinks": lambda: store.dead_letter_unknown_sinks(["a"]),
-        "api_calls_since": lambda: store.api_calls_since(0),
+        "load_cursor": actions.load_cursor,
+        "in_flight": actions.in_flight,
+        "claim_due": lambda: outbox.claim_due(now=time.time(), limit=10),
+        "list_outbox": lambda: outbox.list(dead=False),
+        "outbox_stats": outbox.stats,
+        "commit_cycle": lambda: actions.commit_cycle(CycleResult(snapshots=[], events=[]), now=1.0),
+        "replay": lambda: outbox.replay(None, now=1.0),
+        "prune_outbox": lambda: outbox.prune(older_than=time.time()),
+        "prune_actions": lambda: actions.prune(older_than=time.time()),
+        "dead_letter_unknown_sinks": lambda: outbox.dead_letter_unknown_sinks(["a"]),
+        "api_calls_since": lambda: stores.calls.since(0),
     }
     failures = {}
     for name, operation in operations.items():
         try:
-            operation()
+            await operation()
         except StoreError as exc:
             failures[name] = str(exc)
-    store.close()
-    assert set(failures) >= operations.keys() - {"commit_cycle", "api_calls_since"}, failures
+    await stores.close()
+    assert set(failures) >= operations.keys() - {"commit_cycle", "api_calls_since", "prune_actions"}, failures
     assert all(str(path) in message and "malformed" in message for message in failures.values())
 
 
 async def test_a_corrupted_database_fails_the_start_and_releases_everything(make_settings):
     """A start that fails on a corrupted database raises StoreError and releases the lock, so a repaired state can start."""
     settings = make_settings()
-    filled_store(settings.state_path)
+    await filled_store(settings.state_path)
     corrupt(settings.state_path)
     with pytest.raises(StoreError, match="malformed"):
         await build_relay(settings, retry=FAST)
@@ -111,23 +112,30 @@ def test_a_pending_delivery_survives_a_crash(tmp_path):
         from pathlib import Path
         from daemon.model import ActionSnapshot, Event
         from daemon.store import CycleResult
-        from daemon.store.sqlite import SqliteStateStore
-        store = SqliteStateStore(Path({str(path)!r}))
+        import asyncio
+        from daemon.store.sqlite import open_sqlite
+        stores = open_sqlite(Path({str(path)!r}))
         snapshot = ActionSnapshot("aa_1", "VOUCHERS.IMPORT", "DONE", None, 100, "2026-11-23T11:00:00.000Z", "2026-11-23T11:00:01.000Z")
         event = Event("evt_1", "async_action.completed", "2026-11-23T11:00:01.000Z", {{"id": "aa_1"}})
-        store.commit_cycle(CycleResult(snapshots=[snapshot], events=[(event, ["a", "b"])], baseline_done=True), now=1.0)
+        asyncio.run(stores.actions.commit_cycle(CycleResult(snapshots=[snapshot], events=[(event, ["a", "b"])], baseline_done=True), now=1.0))
         os.kill(os.getpid(), signal.SIGKILL)
         """
     )
     proc = subprocess.run([sys.executable, "-c", child], capture_output=True, timeout=30, check=False)  # noqa: S603 - our interpreter, our code
     assert proc.returncode == -9, proc.stderr
-    store = SqliteStateStore(path)
+    sinks, status, first_run = asyncio.run(read_back(path))
+    assert (sinks, status, first_run) == (["a", "b"], "DONE", False)
+
+
+async def read_back(path: Path) -> tuple[list[str], str, bool]:
+    """Return the due rows' sinks, action aa_1's status and the first-run flag of the database at ``path``."""
+    stores = open_sqlite(path)
     try:
-        assert sorted(d.sink for d in store.claim_due(now=2.0, limit=10)) == ["a", "b"]
-        assert store.get_snapshots(["aa_1"])["aa_1"].status == "DONE"
-        assert store.load_cursor().first_run is False
+        sinks = sorted(d.sink for d in await stores.outbox.claim_due(now=2.0, limit=10))
+        status = (await stores.actions.get_snapshots(["aa_1"]))["aa_1"].status
+        return sinks, status, (await stores.actions.load_cursor()).first_run
     finally:
-        store.close()
+        await stores.close()
 
 
 HOLD_LOCK = """
@@ -146,7 +154,7 @@ async def test_a_database_locked_by_another_process_defers_polling_and_loses_not
     with capture_logs() as logs:
         async with running(settings) as relay:
             await baseline(relay)
-            relay.store._db.execute("PRAGMA busy_timeout=50")  # not 5 s per attempt: the test waits for several cycles
+            relay.stores.actions._db.execute("PRAGMA busy_timeout=50")  # not 5 s per attempt: the test waits for several cycles
             holder = await asyncio.create_subprocess_exec(sys.executable, "-c", HOLD_LOCK, str(settings.state_path), "0.8", stdout=asyncio.subprocess.PIPE)
             assert holder.stdout is not None
             assert await holder.stdout.readline() == b"locked\n"

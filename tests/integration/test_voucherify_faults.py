@@ -124,7 +124,7 @@ async def test_the_relay_survives_api_faults(case, standin, receiver: RecordingR
         assert relay.running
         assert relay.last_poll_ok_at is not None
         if vanished:
-            assert vanished not in relay.store.in_flight()
+            assert vanished not in await relay.stores.actions.in_flight()
     assert receiver.delivered_ids() == set(expected.values()), "no event other than the real completions"
     for received in receiver.delivered:
         data = received.envelope["data"]
