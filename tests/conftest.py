@@ -27,7 +27,7 @@ SLACK_URL = "https://hooks.slack.com/services/T000/B000/XXXXXXXXXXXXXXXXXXXXXXXX
 
 @pytest.fixture
 async def standin() -> AsyncIterator[VoucherifyStandIn]:
-    """A running Voucherify stand-in."""
+    """Run a Voucherify stand-in."""
     server = VoucherifyStandIn(app_id="app-123", app_token=APP_TOKEN)
     await server.start()
     yield server
@@ -36,7 +36,7 @@ async def standin() -> AsyncIterator[VoucherifyStandIn]:
 
 @pytest.fixture
 async def receiver() -> AsyncIterator[RecordingReceiver]:
-    """A running webhook receiver."""
+    """Run a webhook receiver."""
     hook = RecordingReceiver()
     await hook.start()
     yield hook

@@ -32,8 +32,13 @@ class RelayProcess:
     async def start(self) -> None:
         """Start the daemon."""
         self.proc = await asyncio.create_subprocess_exec(
-            sys.executable, "-m", "daemon", "run",
-            env=cli_env(self.env), stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT,
+            sys.executable,
+            "-m",
+            "daemon",
+            "run",
+            env=cli_env(self.env),
+            stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.STDOUT,
         )
         self._reader = asyncio.create_task(self._read())
         watch_output(lambda: "".join(self.output))
@@ -63,8 +68,14 @@ def run_cli(tmp_path: Path):
 
     async def run(*args: str, env: dict[str, str], timeout_s: float = 60) -> tuple[int, str, str]:
         proc = await asyncio.create_subprocess_exec(
-            sys.executable, "-m", "daemon", *args, env=cli_env(env), cwd=tmp_path,
-            stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+            sys.executable,
+            "-m",
+            "daemon",
+            *args,
+            env=cli_env(env),
+            cwd=tmp_path,
+            stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.PIPE,
         )
         out, err = await asyncio.wait_for(proc.communicate(), timeout_s)
         assert proc.returncode is not None

@@ -91,7 +91,7 @@ async def test_demo_runs_on_embedded_defaults(run_cli):
     assert WEBHOOK_SECRET not in out + err
 
 
-async def test_send_test_reports_each_sinks_answer(run_cli, tmp_path, receiver):
+async def test_send_test_reports_each_sinks_answer(run_cli, receiver):
     """`send-test` sends a marked sample through every sink and says what each receiver answered."""
     from tests.fakes.slack import FakeSlack  # noqa: PLC0415
 
@@ -101,14 +101,16 @@ async def test_send_test_reports_each_sinks_answer(run_cli, tmp_path, receiver):
         env = {"RELAY_WEBHOOK_URL": receiver.url, "RELAY_WEBHOOK_SECRET": WEBHOOK_SECRET, "RELAY_SLACK_WEBHOOK_URL": slack.url}
         code, out, err = await run_cli("send-test", env=env)
         assert code == 0, out + err
-        assert "sink webhook" in out and "sink slack" in out
+        assert "sink webhook" in out
+        assert "sink slack" in out
         assert receiver.delivered[0].envelope["type"] == "relay.test"
         assert "test" in slack.messages[0]["text"].lower()
         assert slack.url not in out + err
         slack.fail_next("channel_not_found")
         code, out, _ = await run_cli("send-test", "--sink", "slack", env=env)
         assert code == 1
-        assert "channel_not_found" in out and "check the URL" in out
+        assert "channel_not_found" in out
+        assert "check the URL" in out
         assert len(receiver.delivered) == 1, "--sink slack sends to Slack only"
     finally:
         await slack.close()

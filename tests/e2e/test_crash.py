@@ -25,7 +25,7 @@ async def complete_slowly(standin, ids: list[str]) -> None:
 
 async def test_sigkill_loses_nothing(standin, receiver, tmp_path):
     """Killed six times while actions complete and sends are in flight, the relay still delivers every event."""
-    rng = random.Random(20261123)
+    rng = random.Random(20261123)  # noqa: S311 - reproducible kill timing, not crypto
     ids = [standin.add_action("CUSTOMERS.IMPORT_CSV") for _ in range(ACTIONS)]
     receiver.script.extend([("sleep", 0.05)] * 40)  # slow answers: kills land during sends too
     env = relay_env(tmp_path, standin, receiver, poll_interval="0.1")

@@ -24,7 +24,7 @@ async def test_idle_relay_polls_slowly_and_wakes_on_activity(standin, receiver, 
         await until(lambda: len(receiver.delivered) == 1)
 
 
-async def test_low_rate_limit_remaining_slows_down(standin, receiver, make_settings):
+async def test_low_rate_limit_remaining_slows_down(standin, make_settings):
     """When X-Rate-Limit-Remaining drops under a tenth of the limit, the relay polls at the idle pace."""
     standin.rate_limit.per_minute = 30  # the stand-in as a project with 30 requests a minute
     standin.add_action(status="IN_PROGRESS")  # busy: would poll every 0.1 s

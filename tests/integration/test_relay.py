@@ -7,9 +7,12 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from datetime import UTC, datetime, timedelta
 
+from structlog.testing import capture_logs
+
 from daemon.app import Relay
 from daemon.bootstrap import build_relay
 from daemon.demo.receiver import verify_signature
+from daemon.model import event_id_for
 from daemon.settings import RelaySettings
 from daemon.voucherify import RetryPolicy
 from tests.conftest import WEBHOOK_SECRET, outbox_has, until, watch_output
@@ -60,7 +63,7 @@ async def test_completions_arrive_signed_with_one_get_each(standin, receiver, ma
         assert received.event_id.startswith("evt_")
 
 
-async def test_steady_state_costs_one_list_request_per_cycle(standin, receiver, make_settings):
+async def test_steady_state_costs_one_list_request_per_cycle(standin, make_settings):
     """With nothing finishing, each cycle is exactly one list request and no GET."""
     standin.add_action("VOUCHERS.IMPORT", status="IN_PROGRESS", progress=10)
     async with running(make_settings()) as relay:
@@ -90,7 +93,7 @@ async def test_backfill_sends_recent_history_once(standin, receiver, make_settin
     standin.complete_action(old, example="SKUS.IMPORT_CSV")
     standin.update_action(old, updated_at=(now - timedelta(hours=3)).strftime("%Y-%m-%dT%H:%M:%S.000Z"))
     settings = make_settings(backfill="1h")
-    async with running(settings) as relay:
+    async with running(settings):
         await until(lambda: len(receiver.delivered) == 1)
         await until(lambda: standin.count("list") >= 4)
     assert [r.envelope["data"]["id"] for r in receiver.delivered] == [recent]
@@ -166,12 +169,15 @@ async def test_malformed_and_truncated_bodies_never_become_events(standin, recei
 async def test_unordered_list_falls_back_to_a_full_scan(standin, receiver, make_settings):
     """A page that is not newest first is noticed and the scan still finds every completion."""
     ids = [standin.add_action() for _ in range(30)]
-    async with running(make_settings(list_page_size="10")) as relay:
-        await baseline(relay)
-        standin.inject("shuffle", path="list", times=3)
-        for action_id in ids:
-            standin.complete_action(action_id, example="SKUS.IMPORT_CSV")
-        await until(lambda: len(receiver.delivered_ids()) == 30)
+    with capture_logs() as logs:
+        async with running(make_settings(list_page_size="10")) as relay:
+            await baseline(relay)
+            standin.inject("shuffle", path="list", times=3)
+            for action_id in ids:
+                standin.complete_action(action_id, example="SKUS.IMPORT_CSV")
+            await until(lambda: len(receiver.delivered_ids()) == 30)
+    assert [e for e in logs if e["event"] == "list.unordered"], "the shuffled page was noticed"
+    assert receiver.delivered_ids() == {event_id_for(i, "async_action.completed") for i in ids}, "every completion, once"
 
 
 async def test_an_action_that_disappears_sends_nothing(standin, receiver, make_settings):
@@ -185,7 +191,7 @@ async def test_an_action_that_disappears_sends_nothing(standin, receiver, make_s
     assert receiver.requests == []
 
 
-async def test_bad_credentials_are_loud_and_do_not_crash(standin, receiver, make_settings):
+async def test_bad_credentials_are_loud_and_do_not_crash(standin, make_settings):
     """A 401 is never retried and polling backs off instead of hammering with bad keys."""
     standin.inject("401", path="list", times=50)
     async with running(make_settings()) as relay:

@@ -61,7 +61,7 @@ async def pending_on_metrics(port: int, expected: int) -> bool:
     return found == [expected]
 
 
-async def test_not_ready_when_credentials_are_refused(standin, receiver, make_settings):
+async def test_not_ready_when_credentials_are_refused(standin, make_settings):
     """A 401 makes /readyz answer 503 naming the cause, while /healthz stays 200."""
     standin.inject("401", path="list", times=5)
     async with running(make_settings(http_listen="127.0.0.1:0")) as relay:

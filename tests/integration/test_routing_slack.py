@@ -18,7 +18,7 @@ from tests.integration.test_relay import baseline, running
 
 @pytest.fixture
 async def slack() -> AsyncIterator[FakeSlack]:
-    """A Slack stand-in enforcing Slack's limits and a 0.1 s pace."""
+    """Run a Slack stand-in enforcing Slack's limits and a 0.1 s pace."""
     fake = FakeSlack(min_interval_s=0.1)
     await fake.start()
     yield fake
@@ -26,11 +26,11 @@ async def slack() -> AsyncIterator[FakeSlack]:
 
 
 def slack_sink(url: str, *, pace: str = "0.1", **filters: str) -> dict[str, str]:
-    """Settings overrides for a Slack sink named ``chat``."""
+    """Return the settings overrides for a Slack sink named ``chat``."""
     return {"sinks__chat__kind": "slack", "sinks__chat__url": url, "sinks__chat__min_interval_s": pace} | {f"sinks__chat__{k}": v for k, v in filters.items()}
 
 
-async def test_every_documented_type_reaches_slack_as_a_valid_message(standin, receiver, make_settings, slack):
+async def test_every_documented_type_reaches_slack_as_a_valid_message(standin, make_settings, slack):
     """All 22 documented results, finished after the start, arrive in Slack within its limits."""
     ids = [standin.add_action(key) for key in sorted(standin_examples())]
     async with running(make_settings(**slack_sink(slack.url))) as relay:
@@ -44,14 +44,14 @@ async def test_every_documented_type_reaches_slack_as_a_valid_message(standin, r
 
 
 def standin_examples() -> list[str]:
-    """The documented example keys."""
+    """Return the documented example keys."""
     import json  # noqa: PLC0415
     from pathlib import Path  # noqa: PLC0415
 
     return list(json.loads((Path(__file__).parents[2] / "daemon" / "demo" / "voucherify_examples.json").read_text()))
 
 
-async def test_a_burst_of_fifty_completions_all_arrive_paced(standin, receiver, make_settings, slack):
+async def test_a_burst_of_fifty_completions_all_arrive_paced(standin, make_settings, slack):
     """Fifty actions finishing at once all reach Slack, one per interval, none rejected."""
     ids = [standin.add_action("VOUCHERS.IMPORT_CSV") for _ in range(50)]
     async with running(make_settings(**slack_sink(slack.url))) as relay:
@@ -64,7 +64,7 @@ async def test_a_burst_of_fifty_completions_all_arrive_paced(standin, receiver, 
     assert min(gaps) >= 0.1
 
 
-async def test_rate_limited_slack_loses_nothing(standin, receiver, make_settings):
+async def test_rate_limited_slack_loses_nothing(standin, make_settings):
     """With the sink's pacing off, Slack's 429 + Retry-After slows delivery but every message arrives."""
     fake = FakeSlack(min_interval_s=0.3, retry_after="1")
     await fake.start()
@@ -83,7 +83,7 @@ async def test_rate_limited_slack_loses_nothing(standin, receiver, make_settings
             assert following.at - answer.at >= 0.95, "nothing is sent before Retry-After has passed"
 
 
-async def test_slack_configuration_errors_dead_letter_without_retrying(standin, receiver, make_settings, slack):
+async def test_slack_configuration_errors_dead_letter_without_retrying(standin, make_settings, slack):
     """channel_not_found is a configuration error: the delivery is dead-lettered at once, not retried."""
     slack.fail_next("channel_not_found")
     action_id = standin.add_action()

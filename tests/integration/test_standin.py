@@ -80,9 +80,7 @@ def without_request_id(body: dict[str, Any]) -> dict[str, Any]:
     return {k: v for k, v in body.items() if k != "request_id"}
 
 
-async def test_paging_by_end_date_returns_every_action_once_newest_first(
-    standin: VoucherifyStandIn, session: aiohttp.ClientSession
-) -> None:
+async def test_paging_by_end_date_returns_every_action_once_newest_first(standin: VoucherifyStandIn, session: aiohttp.ClientSession) -> None:
     """Paging 250 actions by end_date=last created_at yields each exactly once, newest first."""
     added = [standin.add_action() for _ in range(250)]
     seen: list[dict[str, Any]] = []
@@ -118,9 +116,7 @@ async def test_actions_added_without_created_at_get_strictly_increasing_times(
         ("2023-01-21", ["at", "midnight-before"]),
     ],
 )
-async def test_end_date_is_exclusive(
-    standin: VoucherifyStandIn, session: aiohttp.ClientSession, end_date: str, expected: list[str]
-) -> None:
+async def test_end_date_is_exclusive(standin: VoucherifyStandIn, session: aiohttp.ClientSession, end_date: str, expected: list[str]) -> None:
     """An action created exactly at end_date is left out; plain dates mean midnight UTC."""
     before_midnight = datetime(2023, 1, 19, 23, 59, 59, 999000, tzinfo=UTC)
     ids = {"at": standin.add_action(created_at=T0)}
@@ -129,9 +125,7 @@ async def test_end_date_is_exclusive(
     assert [a["id"] for a in body["async_actions"]] == [ids[name] for name in expected]
 
 
-async def test_ties_on_created_at_are_ordered_by_id_descending(
-    standin: VoucherifyStandIn, session: aiohttp.ClientSession
-) -> None:
+async def test_ties_on_created_at_are_ordered_by_id_descending(standin: VoucherifyStandIn, session: aiohttp.ClientSession) -> None:
     """Actions sharing a created_at come newest first, then by id descending."""
     for action_id in ("aa_000000000000000001", "aa_000000000000000003", "aa_000000000000000002"):
         standin.add_action(id=action_id, created_at=T0)
@@ -139,9 +133,7 @@ async def test_ties_on_created_at_are_ordered_by_id_descending(
     assert [a["id"][-1] for a in body["async_actions"]] == ["3", "2", "1"]
 
 
-async def test_limit_defaults_to_ten_and_reports_has_more(
-    standin: VoucherifyStandIn, session: aiohttp.ClientSession
-) -> None:
+async def test_limit_defaults_to_ten_and_reports_has_more(standin: VoucherifyStandIn, session: aiohttp.ClientSession) -> None:
     """Without limit the list returns 10 actions and has_more tells there are others."""
     for _ in range(11):
         standin.add_action()
@@ -151,12 +143,8 @@ async def test_limit_defaults_to_ten_and_reports_has_more(
     assert (len(body["async_actions"]), body["has_more"]) == (11, False)
 
 
-@pytest.mark.parametrize(
-    "params", [{"limit": "0"}, {"limit": "101"}, {"limit": "ten"}, {"limit": ""}]
-)
-async def test_limit_out_of_range_is_rejected_with_invalid_query_params(
-    session: aiohttp.ClientSession, params: dict[str, str]
-) -> None:
+@pytest.mark.parametrize("params", [{"limit": "0"}, {"limit": "101"}, {"limit": "ten"}, {"limit": ""}])
+async def test_limit_out_of_range_is_rejected_with_invalid_query_params(session: aiohttp.ClientSession, params: dict[str, str]) -> None:
     """A limit outside 1..100 answers 400 with the documented invalid_query_params shape."""
     status, body = await get_json(session, LIST, **params)
     expected = documented("list_400_error_example.json")
@@ -171,12 +159,8 @@ async def test_limit_out_of_range_is_rejected_with_invalid_query_params(
     assert body["request_id"].startswith("v-")
 
 
-@pytest.mark.parametrize(
-    "end_date", ["yesterday", "2023-13-01", "20230120", "2023-01-20 07:41", ""]
-)
-async def test_invalid_end_date_answers_the_documented_400_body(
-    session: aiohttp.ClientSession, end_date: str
-) -> None:
+@pytest.mark.parametrize("end_date", ["yesterday", "2023-13-01", "20230120", "2023-01-20 07:41", ""])
+async def test_invalid_end_date_answers_the_documented_400_body(session: aiohttp.ClientSession, end_date: str) -> None:
     """An end_date that is not ISO 8601 answers exactly the documented 400 body."""
     status, body = await get_json(session, LIST, end_date=end_date)
     assert status == 400
@@ -194,12 +178,8 @@ async def test_unknown_id_answers_the_documented_404_body(session: aiohttp.Clien
     assert list(body) == list(expected)
 
 
-@pytest.mark.parametrize(
-    "headers", [{}, {"X-App-Id": "demo-app"}, {**AUTH, "X-App-Token": "wrong"}]
-)
-async def test_missing_or_wrong_credentials_answer_401(
-    standin: VoucherifyStandIn, headers: dict[str, str]
-) -> None:
+@pytest.mark.parametrize("headers", [{}, {"X-App-Id": "demo-app"}, {**AUTH, "X-App-Token": "wrong"}])
+async def test_missing_or_wrong_credentials_answer_401(standin: VoucherifyStandIn, headers: dict[str, str]) -> None:
     """Requests without both matching X-App-Id and X-App-Token answer 401 unauthorized."""
     async with aiohttp.ClientSession(base_url=standin.base_url, headers=headers) as client:
         status, body = await get_json(client, LIST)
@@ -208,9 +188,7 @@ async def test_missing_or_wrong_credentials_answer_401(
     assert body["request_id"].startswith("v-")
 
 
-async def test_list_omits_result_that_get_includes(
-    standin: VoucherifyStandIn, session: aiohttp.ClientSession
-) -> None:
+async def test_list_omits_result_that_get_includes(standin: VoucherifyStandIn, session: aiohttp.ClientSession) -> None:
     """List items never carry result or extra fields while GET returns the full action."""
     action_id = standin.add_action("VOUCHERS.IMPORT", note="extra")
     standin.complete_action(action_id, example="VOUCHERS.IMPORT")
@@ -224,9 +202,7 @@ async def test_list_omits_result_that_get_includes(
     assert item == {k: v for k, v in full.items() if k not in ("result", "note")}
 
 
-async def test_optional_fields_appear_only_once_set(
-    standin: VoucherifyStandIn, session: aiohttp.ClientSession, clock: FakeClock
-) -> None:
+async def test_optional_fields_appear_only_once_set(standin: VoucherifyStandIn, session: aiohttp.ClientSession, clock: FakeClock) -> None:
     """operation_status and processing_time appear once set; timestamps look like Voucherify's."""
     action_id = standin.add_action("VOUCHERS.BULK_UPDATE")
     _, before = await get_json(session, f"{LIST}/{action_id}")
@@ -244,9 +220,7 @@ async def test_optional_fields_appear_only_once_set(
     assert after["updated_at"] == "2023-01-20T07:41:34.586Z"
 
 
-async def test_removed_action_disappears(
-    standin: VoucherifyStandIn, session: aiohttp.ClientSession
-) -> None:
+async def test_removed_action_disappears(standin: VoucherifyStandIn, session: aiohttp.ClientSession) -> None:
     """After remove_action, GET answers 404 and the list no longer shows it."""
     kept, removed = standin.add_action(), standin.add_action()
     standin.remove_action(removed)
@@ -256,9 +230,7 @@ async def test_removed_action_disappears(
     assert [a["id"] for a in listed["async_actions"]] == [kept]
 
 
-async def test_example_actions_match_the_documented_bodies(
-    standin: VoucherifyStandIn, session: aiohttp.ClientSession
-) -> None:
+async def test_example_actions_match_the_documented_bodies(standin: VoucherifyStandIn, session: aiohttp.ClientSession) -> None:
     """add_example_actions adds 22 actions whose GET bodies equal the docs but for ids and times."""
     ids = standin.add_example_actions()
     examples = json.loads((DOCS / "get_async_action_all_22_examples.json").read_text())
@@ -266,18 +238,12 @@ async def test_example_actions_match_the_documented_bodies(
     assert len(set(ids)) == 22
     for action_id, example in zip(ids, examples.values(), strict=True):
         _, body = await get_json(session, f"{LIST}/{action_id}")
-        assert {k: v for k, v in body.items() if k not in fresh} == {
-            k: v for k, v in example.items() if k not in fresh
-        }
+        assert {k: v for k, v in body.items() if k not in fresh} == {k: v for k, v in example.items() if k not in fresh}
         assert re.fullmatch(r"aa_[0-9a-f]{18}", body["id"])
 
 
-@pytest.mark.parametrize(
-    ("fault", "status"), [("500", 500), ("502", 502), ("503", 503), ("401", 401), ("403", 403)]
-)
-async def test_status_faults_answer_once_then_recover(
-    standin: VoucherifyStandIn, session: aiohttp.ClientSession, fault: str, status: int
-) -> None:
+@pytest.mark.parametrize(("fault", "status"), [("500", 500), ("502", 502), ("503", 503), ("401", 401), ("403", 403)])
+async def test_status_faults_answer_once_then_recover(standin: VoucherifyStandIn, session: aiohttp.ClientSession, fault: str, status: int) -> None:
     """An injected status fault answers that status for the next request only."""
     standin.inject(fault)
     async with session.get(LIST) as first:
@@ -286,9 +252,7 @@ async def test_status_faults_answer_once_then_recover(
         assert second.status == 200
 
 
-async def test_fault_times_and_path_select_the_requests_hit(
-    standin: VoucherifyStandIn, session: aiohttp.ClientSession
-) -> None:
+async def test_fault_times_and_path_select_the_requests_hit(standin: VoucherifyStandIn, session: aiohttp.ClientSession) -> None:
     """A fault scripted for "get" twice spares list requests and is used up after two gets."""
     action_id = standin.add_action()
     standin.inject("503", times=2, path="get")
@@ -299,9 +263,7 @@ async def test_fault_times_and_path_select_the_requests_hit(
     assert statuses == [200, 503, 200, 503, 200]
 
 
-async def test_injected_429_sends_retry_headers(
-    standin: VoucherifyStandIn, session: aiohttp.ClientSession, clock: FakeClock
-) -> None:
+async def test_injected_429_sends_retry_headers(standin: VoucherifyStandIn, session: aiohttp.ClientSession, clock: FakeClock) -> None:
     """An injected 429 carries Retry-After and X-Rate-Limit-Retry as epoch seconds."""
     standin.inject("429", retry_after=7)
     async with session.get(LIST) as response:
@@ -312,9 +274,7 @@ async def test_injected_429_sends_retry_headers(
     assert response.headers["X-Rate-Limit-Remaining"] == "0"
 
 
-async def test_timeout_fault_delays_the_answer(
-    standin: VoucherifyStandIn, session: aiohttp.ClientSession
-) -> None:
+async def test_timeout_fault_delays_the_answer(standin: VoucherifyStandIn, session: aiohttp.ClientSession) -> None:
     """A timeout fault holds the answer long enough for the client to time out."""
     standin.inject("timeout", delay_s=5)
     with pytest.raises(TimeoutError):
@@ -324,18 +284,14 @@ async def test_timeout_fault_delays_the_answer(
         assert response.status == 200
 
 
-async def test_short_timeout_fault_answers_normally_after_the_delay(
-    standin: VoucherifyStandIn, session: aiohttp.ClientSession
-) -> None:
+async def test_short_timeout_fault_answers_normally_after_the_delay(standin: VoucherifyStandIn, session: aiohttp.ClientSession) -> None:
     """A timeout shorter than the client's patience still answers the normal body."""
     standin.inject("timeout", delay_s=0.05)
     status, body = await get_json(session, LIST)
     assert (status, body["object"]) == (200, "list")
 
 
-async def test_reset_fault_closes_the_connection(
-    standin: VoucherifyStandIn, session: aiohttp.ClientSession
-) -> None:
+async def test_reset_fault_closes_the_connection(standin: VoucherifyStandIn, session: aiohttp.ClientSession) -> None:
     """Resets drop the connection unanswered; it takes two because aiohttp retries a GET once."""
     standin.inject("reset", times=2)
     with pytest.raises((aiohttp.ServerDisconnectedError, aiohttp.ClientOSError)):
@@ -344,18 +300,14 @@ async def test_reset_fault_closes_the_connection(
     assert [r.status for r in standin.requests] == [0, 0]
 
 
-async def test_single_reset_is_absorbed_by_aiohttp_retry(
-    standin: VoucherifyStandIn, session: aiohttp.ClientSession
-) -> None:
+async def test_single_reset_is_absorbed_by_aiohttp_retry(standin: VoucherifyStandIn, session: aiohttp.ClientSession) -> None:
     """One reset is invisible to an aiohttp client, which silently resends the idempotent GET."""
     standin.inject("reset")
     status, _ = await get_json(session, LIST)
     assert (status, [r.status for r in standin.requests]) == (200, [0, 200])
 
 
-async def test_malformed_fault_answers_200_with_non_json(
-    session: aiohttp.ClientSession, standin: VoucherifyStandIn
-) -> None:
+async def test_malformed_fault_answers_200_with_non_json(session: aiohttp.ClientSession, standin: VoucherifyStandIn) -> None:
     """A malformed fault answers 200 with a body that does not parse as JSON."""
     standin.inject("malformed")
     async with session.get(LIST) as response:
@@ -365,9 +317,7 @@ async def test_malformed_fault_answers_200_with_non_json(
         json.loads(text)
 
 
-async def test_truncated_fault_cuts_valid_json_in_half(
-    standin: VoucherifyStandIn, session: aiohttp.ClientSession
-) -> None:
+async def test_truncated_fault_cuts_valid_json_in_half(standin: VoucherifyStandIn, session: aiohttp.ClientSession) -> None:
     """A truncated fault answers half the normal body with a matching Content-Length."""
     standin.add_example_actions()
     async with session.get(LIST) as response:
@@ -382,9 +332,7 @@ async def test_truncated_fault_cuts_valid_json_in_half(
         json.loads(cut)
 
 
-async def test_shuffle_fault_returns_the_page_oldest_first(
-    standin: VoucherifyStandIn, session: aiohttp.ClientSession
-) -> None:
+async def test_shuffle_fault_returns_the_page_oldest_first(standin: VoucherifyStandIn, session: aiohttp.ClientSession) -> None:
     """A shuffle fault hands out the same page in ascending created_at order, and only on lists."""
     ids = [standin.add_action() for _ in range(5)]
     standin.inject("shuffle", path="any")
@@ -414,9 +362,7 @@ async def test_rate_limit_answers_429_until_the_window_rolls(clock: FakeClock) -
     assert remaining == ["2", "1", "0"]
     assert (limited.status, body["code"], body["key"]) == (429, 429, "too_many_requests")
     assert limited.headers["Retry-After"] == "30"
-    assert limited.headers["X-Rate-Limit-Retry"] == str(
-        int((T0 + timedelta(seconds=31)).timestamp()) + 30
-    )
+    assert limited.headers["X-Rate-Limit-Retry"] == str(int((T0 + timedelta(seconds=31)).timestamp()) + 30)
     assert (limited.headers["X-Rate-Limit-Type"], limited.headers["X-Rate-Limit-Limit"]) == (
         "api_calls",
         "3",
@@ -424,9 +370,7 @@ async def test_rate_limit_answers_429_until_the_window_rolls(clock: FakeClock) -
     assert limited.headers["X-Rate-Limit-Remaining"] == "0"
 
 
-async def test_every_response_carries_rate_limit_headers(
-    standin: VoucherifyStandIn, session: aiohttp.ClientSession
-) -> None:
+async def test_every_response_carries_rate_limit_headers(standin: VoucherifyStandIn, session: aiohttp.ClientSession) -> None:
     """Successes, errors and faults alike carry X-Rate-Limit-Limit and X-Rate-Limit-Remaining."""
     standin.inject("502")
     for path in (LIST, LIST, f"{LIST}/aa_missing", "/v1/unknown"):
@@ -434,9 +378,7 @@ async def test_every_response_carries_rate_limit_headers(
             assert {"X-Rate-Limit-Limit", "X-Rate-Limit-Remaining"} <= response.headers.keys()
 
 
-async def test_requests_are_recorded_and_counted(
-    standin: VoucherifyStandIn, session: aiohttp.ClientSession
-) -> None:
+async def test_requests_are_recorded_and_counted(standin: VoucherifyStandIn, session: aiohttp.ClientSession) -> None:
     """Each request is recorded in order with its query and status, and counted by path."""
     await get_json(session, LIST, limit="5")
     await get_json(session, f"{LIST}/aa_missing")

@@ -282,8 +282,8 @@ def exec_sandboxed() -> None:
 
 def serve_relay() -> None:
     """In the sandboxed child: the relay with its health listener and sd_notify, as the wired app will run."""
-    from daemon.lifecycle import run_relay  # noqa: PLC0415 - child process only
     from daemon.health import HealthServer  # noqa: PLC0415
+    from daemon.lifecycle import run_relay  # noqa: PLC0415 - child process only
     from daemon.logs import configure_logging  # noqa: PLC0415
     from daemon.metrics import RelayMetrics  # noqa: PLC0415
     from daemon.settings import load_settings  # noqa: PLC0415

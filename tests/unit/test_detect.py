@@ -12,8 +12,18 @@ from daemon.model import ActionSnapshot
 NOW = datetime(2026, 11, 23, 12, 0, tzinfo=UTC)
 
 
-def snap(status: str, *, id: str = "aa_1", progress: int | None = None, created: str = "2026-11-23T11:59:00.000Z", updated: str | None = None) -> ActionSnapshot:  # noqa: A002
-    return ActionSnapshot(id=id, type="CUSTOMERS.IMPORT_CSV", status=status, operation_status=None, progress=progress, created_at=created, updated_at=updated or created)
+def snap(
+    status: str,
+    *,
+    id: str = "aa_1",  # noqa: A002 - the field's own name
+    progress: int | None = None,
+    created: str = "2026-11-23T11:59:00.000Z",
+    updated: str | None = None,
+) -> ActionSnapshot:
+    """Return a list snapshot of one customers import."""
+    return ActionSnapshot(
+        id=id, type="CUSTOMERS.IMPORT_CSV", status=status, operation_status=None, progress=progress, created_at=created, updated_at=updated or created
+    )
 
 
 @pytest.mark.parametrize(
