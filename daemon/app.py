@@ -24,6 +24,7 @@ from daemon.errors import AuthError, BudgetExhaustedError, RateLimitedError, Sto
 from daemon.health import HealthServer
 from daemon.lock import InstanceLock
 from daemon.metrics import RelayMetrics, failure_reason
+from daemon.monthly import billing_cycle, counter_for, idle_interval_s, used_in
 from daemon.outbox import Dispatcher
 from daemon.pacing import AUTH_BACKOFF_S, CycleFacts, Pacing, auth_refused, deferred, started, succeeded, woken
 from daemon.poller import Poller, PollReport
@@ -40,6 +41,7 @@ DISPATCH_INTERVAL_S = 1.0
 PRUNE_INTERVAL_S = 3600.0
 SHUTDOWN_GRACE_S = 20.0
 BLOCKED_UNTIL = "api_blocked_until"  # a 429's Retry-After deadline, kept across restarts
+CYCLE_CALLS = "api_calls_this_cycle"  # "<billing cycle start> <requests>", with RELAY_API_BUDGET_PER_MONTH
 
 
 @dataclass(frozen=True, slots=True)
@@ -67,7 +69,7 @@ class Relay:
         self.dispatcher = parts.dispatcher
         self._clock = parts.clock
         self._auth_backoff_s = auth_backoff_s
-        self.cadence = Cadence(fast_s=self.settings.poll_interval, idle_s=self.settings.idle_poll_interval, budget_per_hour=self.settings.api_budget_per_hour)
+        self.cadence = cadence_for(self.settings)
         self.pacing = Pacing(interval_s=self.settings.poll_interval)
         self.last_poll: PollReport | None = None
         self.last_poll_ok_at: float | None = None
@@ -176,6 +178,8 @@ class Relay:
         try:
             if sent and self.settings.api_budget_per_hour:
                 self.store.record_api_calls(sent)
+            if sent and self.settings.api_budget_per_month:
+                self._count_cycle_calls(len(sent))
             if self.client.blocked_until > float(self.store.load_meta(BLOCKED_UNTIL) or 0):
                 self.store.save_meta(BLOCKED_UNTIL, f"{self.client.blocked_until:.3f}")
         except StoreError as exc:
@@ -197,8 +201,27 @@ class Relay:
         else:
             log.error("poll.crashed", exc_info=exc)
 
+    def _count_cycle_calls(self, sent: int) -> None:
+        """Add ``sent`` requests to this billing cycle's counter (a meta row: one read, one write)."""
+        cycle = billing_cycle(self._clock(), cycle_day=self.settings.billing_cycle_day)
+        used = used_in(self.store.load_meta(CYCLE_CALLS), cycle) + sent
+        self.store.save_meta(CYCLE_CALLS, counter_for(cycle, used))
+
+    def _monthly_idle_s(self, now: float) -> float | None:
+        """Return the idle interval RELAY_API_BUDGET_PER_MONTH allows now, or None without one."""
+        budget = self.settings.api_budget_per_month
+        if budget is None:
+            return None
+        cycle = billing_cycle(now, cycle_day=self.settings.billing_cycle_day)
+        try:
+            used = used_in(self.store.load_meta(CYCLE_CALLS), cycle)
+        except StoreError as exc:
+            log.error("poll.store_failed", caused_by=str(exc))
+            return self.cadence.idle_s
+        return idle_interval_s(budget=budget, used=used, now=now, cycle=cycle, fast_s=self.cadence.fast_s)
+
     def _pace(self, report: PollReport) -> None:
-        """Schedule the next poll: fast while busy, slow when idle, never above the budget."""
+        """Schedule the next poll per RELAY_PACING, never faster than the budgets allow."""
         now, before = self._clock(), self.pacing.reason
         facts = CycleFacts(
             in_flight=report.in_flight or int(report.backlog_window_s is not None),  # stay fast while a list backlog is owed
@@ -206,6 +229,9 @@ class Relay:
             first_run=report.first_run,
             remaining=self.client.rate_limit_remaining,
             limit=self.client.rate_limit_limit,
+            observed=report.observed,
+            backlog_owed=report.backlog_window_s is not None,
+            idle_s=self._monthly_idle_s(now),
         )
         self.pacing, decision = succeeded(self.pacing, facts, cadence=self.cadence, now=now)
         if decision.reason != before:
@@ -294,6 +320,11 @@ class StoreHealth:
         return self._file_problem is not None
 
 
+def cadence_for(settings: RelaySettings) -> Cadence:
+    """Return the pacing settings RELAY_PACING, RELAY_POLL_INTERVAL, RELAY_IDLE_POLL_INTERVAL and the hourly budget give."""
+    return Cadence.of(pacing=settings.pacing, fast_s=settings.poll_interval, idle_s=settings.idle_poll_interval, budget_per_hour=settings.api_budget_per_hour)
+
+
 def _log_started(parts: Parts, *, first_run: bool) -> None:
     settings = parts.settings
     log.info(
@@ -302,6 +333,8 @@ def _log_started(parts: Parts, *, first_run: bool) -> None:
         poll_interval_s=settings.poll_interval,
         idle_poll_interval_s=settings.idle_poll_interval,
         api_budget_per_hour=settings.api_budget_per_hour,
+        api_budget_per_month=settings.api_budget_per_month,
+        pacing=settings.pacing,
         state=str(settings.state_path),
         sinks={name: sink.describe() for name, sink in parts.sinks.items()},
         first_run=first_run,
@@ -330,7 +363,9 @@ def _log_cycle(report: PollReport, *, client: VoucherifyClient, outbox: OutboxSt
 
 
 def _log_pace(reason: str, interval_s: float, *, client: VoucherifyClient) -> None:
-    if reason == "budget":
+    if reason == "progress":
+        log.debug("poll.pace", mode=reason, interval_s=round(interval_s, 1))
+    elif reason == "budget":
         hint = "RELAY_API_BUDGET_PER_HOUR spreads polls evenly; raise it for faster detection"
         log.warning("poll.budget_binding", interval_s=round(interval_s, 1), hint=hint)
     elif reason == "rate_limit":
