@@ -33,10 +33,11 @@ if __package__ in (None, ""):
 import aiohttp
 
 from bench.common import APP_ID, APP_TOKEN, Section, base_parser, env_int, finish, fmt, markdown_table, mean, percentile, quiet_logs
-from daemon.cadence import HOURS_PER_MONTH, Cadence, is_busy, next_poll
-from daemon.cadence import last_activity as cadence_last_activity
+from daemon.cadence import HOURS_PER_MONTH, Cadence
 from daemon.demo.standin import VoucherifyStandIn
 from daemon.model import TERMINAL_STATUSES, Event
+from daemon.monthly import Cycle, idle_interval_s
+from daemon.pacing import CycleFacts, Pacing, succeeded
 from daemon.poller import Poller
 from daemon.store.sqlite import open_sqlite
 from daemon.voucherify import VoucherifyClient
@@ -73,6 +74,7 @@ class ImportJob:
     start: float
     duration_s: float
     fails: bool
+    jumps: bool = False  # its progress stays 0 until it finishes (a type that reports none)
 
     @property
     def end(self) -> float:
@@ -91,6 +93,18 @@ def plan_workload(*, imports_per_day: int, days: int, seed: int) -> list[ImportJ
     return sorted(jobs, key=lambda j: j.start)
 
 
+def plan_busy_workload(*, imports_per_day: int, days: int, seed: int) -> list[ImportJob]:
+    """Draw a busier day: a quarter of the imports under a minute, the rest 1-15 minutes, a fifth without progress."""
+    rng = random.Random(seed)
+    jobs: list[ImportJob] = []
+    for day in range(days):
+        for _ in range(imports_per_day):
+            start = T0 + day * DAY_S + rng.uniform(60.0, DAY_S - 1200.0)
+            duration = rng.uniform(15.0, 60.0) if rng.random() < 0.25 else rng.uniform(60.0, 900.0)
+            jobs.append(ImportJob(len(jobs), rng.choice(TYPES), start, duration, rng.random() < 0.15, jumps=rng.random() < 0.2))
+    return sorted(jobs, key=lambda j: j.start)
+
+
 class Scenario:
     """Plays the workload into a stand-in as the simulated clock passes each step."""
 
@@ -102,7 +116,7 @@ class Scenario:
         for job in jobs:
             self._at(job.start, functools.partial(self._create, job))
             self._at(job.start + 5.0, functools.partial(self._update, job, 0))
-            for minute in range(1, int(job.duration_s // 60) + 1):
+            for minute in range(1, 0 if job.jumps else int(job.duration_s // 60) + 1):
                 progress = min(99, int(100 * minute * 60 / job.duration_s))
                 self._at(job.start + minute * 60.0, functools.partial(self._update, job, progress))
             self._at(job.end, functools.partial(self._finish, job))
@@ -164,8 +178,10 @@ class SimResult:
         return self.lists + self.gets
 
 
-async def simulate_relay(jobs: list[ImportJob], *, days: int, fast_s: float, idle_s: float, name: str) -> SimResult:
-    """Run the real Poller through the simulated days, paced like Relay._pace."""
+async def simulate_relay(
+    jobs: list[ImportJob], *, days: int, fast_s: float, idle_s: float, name: str, pacing: str = "adaptive", month_budget: int | None = None
+) -> SimResult:
+    """Run the real Poller through the simulated days, paced by ``daemon.pacing.succeeded`` as Relay._pace paces it."""
     clock = SimClock(T0)
     standin = VoucherifyStandIn(app_id=APP_ID, app_token=APP_TOKEN, clock=clock.now)
     seed_history(standin)
@@ -178,13 +194,14 @@ async def simulate_relay(jobs: list[ImportJob], *, days: int, fast_s: float, idl
         detected.setdefault(str(event.data.get("id")), clock.t)
         return ["webhook"]
 
+    cycle = Cycle(start=T0, end=T0 + MONTH_FACTOR * DAY_S)  # the simulated days open a billing cycle
     with tempfile.TemporaryDirectory(prefix="bench-api-") as tmp:
         store = open_sqlite(Path(tmp) / "state.db")
         async with aiohttp.ClientSession() as session:
             client = VoucherifyClient(session, base_url=url, app_id=APP_ID, app_token=APP_TOKEN)
             poller = Poller(client=client, store=store.actions, route=route, clock=clock.time)
-            cadence = Cadence(fast_s=fast_s, idle_s=idle_s)
-            end, moment, last_activity = T0 + days * DAY_S, T0, -math.inf
+            cadence = Cadence.of(pacing=pacing, fast_s=fast_s, idle_s=idle_s)
+            end, moment, state = T0 + days * DAY_S, T0, Pacing(interval_s=fast_s, last_activity_at=-math.inf)
             for _ in range(int(days * DAY_S / min(fast_s, idle_s)) + 10):  # bounded: one poll per fast interval at most
                 if moment >= end:
                     break
@@ -194,11 +211,21 @@ async def simulate_relay(jobs: list[ImportJob], *, days: int, fast_s: float, idl
                 if not report.first_run and not report.transitions and not report.events:
                     result.steady_cycles += 1
                     result.steady_calls += report.api_calls
-                last_activity = cadence_last_activity(
-                    last_activity, now=moment, in_flight=report.in_flight, transitions=report.transitions, first_run=report.first_run
+                month_idle = None
+                if month_budget is not None:
+                    used = standin.count("list") + standin.count("get")
+                    month_idle = idle_interval_s(budget=month_budget, used=used, now=moment, cycle=cycle, fast_s=fast_s)
+                facts = CycleFacts(
+                    in_flight=report.in_flight,
+                    transitions=report.transitions,
+                    first_run=report.first_run,
+                    remaining=client.rate_limit_remaining,
+                    limit=client.rate_limit_limit,
+                    observed=report.observed,
+                    backlog_owed=report.backlog_window_s is not None,
+                    idle_s=month_idle,
                 )
-                busy = is_busy(cadence, now=moment, last_activity_at=last_activity)
-                decision = next_poll(cadence, busy=busy, remaining=client.rate_limit_remaining, limit=client.rate_limit_limit)
+                state, decision = succeeded(state, facts, cadence=cadence, now=moment)
                 result.fast_cycles += decision.reason == "busy"
                 result.tail_cycles += decision.reason == "busy" and not report.in_flight and not report.transitions and fast_s < idle_s
                 moment += decision.interval_s

@@ -24,6 +24,7 @@ from daemon.errors import AuthError, BudgetExhaustedError, RateLimitedError, Sto
 from daemon.health import HealthServer
 from daemon.lock import InstanceLock
 from daemon.metrics import RelayMetrics, failure_reason
+from daemon.monthly import billing_cycle, counter_for, idle_interval_s, used_in
 from daemon.outbox import Dispatcher
 from daemon.pacing import AUTH_BACKOFF_S, CycleFacts, Pacing, auth_refused, deferred, started, succeeded, woken
 from daemon.poller import Poller, PollReport
@@ -39,6 +40,7 @@ DISPATCH_INTERVAL_S = 1.0
 PRUNE_INTERVAL_S = 3600.0
 SHUTDOWN_GRACE_S = 20.0
 BLOCKED_UNTIL = "api_blocked_until"  # a 429's Retry-After deadline, kept across restarts
+CYCLE_CALLS = "api_calls_this_cycle"  # "<billing cycle start> <requests>", with RELAY_API_BUDGET_PER_MONTH
 
 
 @dataclass(frozen=True, slots=True)
@@ -66,7 +68,7 @@ class Relay:
         self.dispatcher = parts.dispatcher
         self._clock = parts.clock
         self._auth_backoff_s = auth_backoff_s
-        self.cadence = Cadence(fast_s=self.settings.poll_interval, idle_s=self.settings.idle_poll_interval, budget_per_hour=self.settings.api_budget_per_hour)
+        self.cadence = cadence_for(self.settings)
         self.pacing = Pacing(interval_s=self.settings.poll_interval)
         self.last_poll: PollReport | None = None
         self.last_poll_ok_at: float | None = None
@@ -168,7 +170,7 @@ class Relay:
         self.metrics.observe_poll(report, duration_s=time.monotonic() - t0)
         await self._refresh_outbox_stats()
         _log_cycle(report, client=self.client, outbox=self._outbox_stats, duration_s=time.monotonic() - t0)
-        self._pace(report)
+        await self._pace(report)
         if report.events:
             self._schedule("dispatch", self._clock())
 
@@ -180,6 +182,8 @@ class Relay:
         try:
             if sent and self.settings.api_budget_per_hour:
                 await self.stores.calls.record(sent)
+            if sent and self.settings.api_budget_per_month:
+                await self._count_cycle_calls(len(sent))
             if self.client.blocked_until > self._saved_blocked_until:
                 await self.stores.actions.save_meta(BLOCKED_UNTIL, f"{self.client.blocked_until:.3f}")
                 self._saved_blocked_until = self.client.blocked_until
@@ -202,8 +206,27 @@ class Relay:
         else:
             log.error("poll.crashed", exc_info=exc)
 
-    def _pace(self, report: PollReport) -> None:
-        """Schedule the next poll: fast while busy, slow when idle, never above the budget."""
+    async def _count_cycle_calls(self, sent: int) -> None:
+        """Add ``sent`` requests to this billing cycle's counter (a meta row: one read, one write)."""
+        cycle = billing_cycle(self._clock(), cycle_day=self.settings.billing_cycle_day)
+        used = used_in(await self.stores.actions.load_meta(CYCLE_CALLS), cycle) + sent
+        await self.stores.actions.save_meta(CYCLE_CALLS, counter_for(cycle, used))
+
+    async def _monthly_idle_s(self, now: float) -> float | None:
+        """Return the idle interval RELAY_API_BUDGET_PER_MONTH allows now, or None without one."""
+        budget = self.settings.api_budget_per_month
+        if budget is None:
+            return None
+        cycle = billing_cycle(now, cycle_day=self.settings.billing_cycle_day)
+        try:
+            used = used_in(await self.stores.actions.load_meta(CYCLE_CALLS), cycle)
+        except StoreError as exc:
+            log.error("poll.store_failed", caused_by=str(exc))
+            return self.cadence.idle_s
+        return idle_interval_s(budget=budget, used=used, now=now, cycle=cycle, fast_s=self.cadence.fast_s)
+
+    async def _pace(self, report: PollReport) -> None:
+        """Schedule the next poll per RELAY_PACING, never faster than the budgets allow."""
         now, before = self._clock(), self.pacing.reason
         facts = CycleFacts(
             in_flight=report.in_flight or int(report.backlog_window_s is not None),  # stay fast while a list backlog is owed
@@ -211,6 +234,9 @@ class Relay:
             first_run=report.first_run,
             remaining=self.client.rate_limit_remaining,
             limit=self.client.rate_limit_limit,
+            observed=report.observed,
+            backlog_owed=report.backlog_window_s is not None,
+            idle_s=await self._monthly_idle_s(now),
         )
         self.pacing, decision = succeeded(self.pacing, facts, cadence=self.cadence, now=now)
         if decision.reason != before:
@@ -316,6 +342,11 @@ class StoreHealth:
         return self._file_problem is not None
 
 
+def cadence_for(settings: RelaySettings) -> Cadence:
+    """Return the pacing settings RELAY_PACING, RELAY_POLL_INTERVAL, RELAY_IDLE_POLL_INTERVAL and the hourly budget give."""
+    return Cadence.of(pacing=settings.pacing, fast_s=settings.poll_interval, idle_s=settings.idle_poll_interval, budget_per_hour=settings.api_budget_per_hour)
+
+
 def _log_started(parts: Parts, *, first_run: bool) -> None:
     settings = parts.settings
     log.info(
@@ -324,6 +355,8 @@ def _log_started(parts: Parts, *, first_run: bool) -> None:
         poll_interval_s=settings.poll_interval,
         idle_poll_interval_s=settings.idle_poll_interval,
         api_budget_per_hour=settings.api_budget_per_hour,
+        api_budget_per_month=settings.api_budget_per_month,
+        pacing=settings.pacing,
         state=str(settings.state_path),
         sinks={name: sink.describe() for name, sink in parts.sinks.items()},
         first_run=first_run,
@@ -352,7 +385,9 @@ def _log_cycle(report: PollReport, *, client: VoucherifyClient, outbox: OutboxSt
 
 
 def _log_pace(reason: str, interval_s: float, *, client: VoucherifyClient) -> None:
-    if reason == "budget":
+    if reason == "progress":
+        log.debug("poll.pace", mode=reason, interval_s=round(interval_s, 1))
+    elif reason == "budget":
         hint = "RELAY_API_BUDGET_PER_HOUR spreads polls evenly; raise it for faster detection"
         log.warning("poll.budget_binding", interval_s=round(interval_s, 1), hint=hint)
     elif reason == "rate_limit":

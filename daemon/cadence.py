@@ -1,7 +1,10 @@
 """PURE: how long to wait before the next poll, and what a configuration costs.
 
-Fast (RELAY_POLL_INTERVAL) while anything is in flight or changed within the last
-``cooldown_s`` (a minute, or two fast intervals); slow (RELAY_IDLE_POLL_INTERVAL) otherwise. Two floors apply on top: the request budget
+Three strategies (RELAY_PACING). ``adaptive``: fast (RELAY_POLL_INTERVAL) while anything
+is in flight or changed within the last ``cooldown_s`` (a minute, or two fast intervals);
+slow (RELAY_IDLE_POLL_INTERVAL) otherwise. ``progress``: the wait in-flight actions ask
+for (near their estimated finish, see :mod:`daemon.progress`), slow otherwise. ``fixed``:
+RELAY_POLL_INTERVAL always. Two floors apply on top: the request budget
 (polls spread evenly so that list calls use at most ``LIST_SHARE`` of
 RELAY_API_BUDGET_PER_HOUR, leaving the rest for GETs of finished actions), and the
 project's own rate limit (when ``X-Rate-Limit-Remaining`` falls under ``LOW_REMAINING``
@@ -11,7 +14,7 @@ customer's application).
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 LIST_SHARE = 0.8
 MIN_COOLDOWN_S = 60.0
@@ -27,6 +30,21 @@ class Cadence:
     fast_s: float
     idle_s: float
     budget_per_hour: int | None = None
+    pacing: str = "adaptive"  # adaptive | progress | fixed
+
+    @classmethod
+    def of(cls, *, pacing: str, fast_s: float, idle_s: float, budget_per_hour: int | None = None) -> Cadence:
+        """Return the cadence for a strategy (``fixed`` never slows down: its idle pace is the fast one)."""
+        return cls(fast_s=fast_s, idle_s=fast_s if pacing == "fixed" else idle_s, budget_per_hour=budget_per_hour, pacing=pacing)
+
+    def with_idle(self, idle_s: float | None) -> Cadence:
+        """Return this cadence with the idle interval a monthly budget chose (``fixed``: every poll, if slower)."""
+        if idle_s is None:
+            return self
+        if self.pacing == "fixed":
+            slowest = max(self.fast_s, idle_s)
+            return replace(self, fast_s=slowest, idle_s=slowest)
+        return replace(self, idle_s=max(idle_s, self.fast_s))
 
     @property
     def cooldown_s(self) -> float:
@@ -46,7 +64,7 @@ class Decision:
     """The wait before the next poll and why."""
 
     interval_s: float
-    reason: str  # busy | idle | budget | rate_limit
+    reason: str  # busy | progress | idle | budget | rate_limit
 
 
 def last_activity(previous_at: float, *, now: float, in_flight: int, transitions: int, first_run: bool) -> float:
@@ -59,9 +77,11 @@ def is_busy(cadence: Cadence, *, now: float, last_activity_at: float) -> bool:
     return now - last_activity_at < cadence.cooldown_s
 
 
-def next_poll(cadence: Cadence, *, busy: bool, remaining: int | None = None, limit: int | None = None) -> Decision:
-    """Decide the wait before the next poll."""
+def next_poll(cadence: Cadence, *, busy: bool, remaining: int | None = None, limit: int | None = None, wanted_s: float | None = None) -> Decision:
+    """Decide the wait before the next poll (``wanted_s``: what in-flight actions ask for, progress pacing)."""
     interval, reason = (cadence.fast_s, "busy") if busy else (cadence.idle_s, "idle")
+    if wanted_s is not None and wanted_s < interval:
+        interval, reason = max(wanted_s, cadence.fast_s), "busy" if wanted_s <= cadence.fast_s else "progress"
     if _running_low(remaining, limit) and cadence.idle_s > interval:
         interval, reason = cadence.idle_s, "rate_limit"
     if cadence.budget_floor_s > interval:

@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+import time
+
 import aiohttp
 
+from daemon.app import cadence_for
 from daemon.bootstrap import build_client
 from daemon.cadence import Cadence, estimate_cost, plan_report
 from daemon.errors import AuthError, ConfigError, RedirectError, VoucherifyError
+from daemon.monthly import billing_cycle, expected_detection_s, idle_interval_s
 from daemon.settings import RelaySettings
 from daemon.voucherify import RetryPolicy
 
@@ -42,7 +46,8 @@ async def run_check(settings: RelaySettings) -> int:
 
 def print_cost(settings: RelaySettings) -> None:
     """Print what the polling settings will cost in Voucherify requests."""
-    cadence = Cadence(fast_s=settings.poll_interval, idle_s=settings.idle_poll_interval, budget_per_hour=settings.api_budget_per_hour)
+    cadence = cadence_for(settings)
+    cadence = cadence.with_idle(print_monthly(settings, cadence))
     cost = estimate_cost(cadence)
     busy_total = cost.busy_per_hour + cost.gets_per_hour
     print(
@@ -57,3 +62,20 @@ def print_cost(settings: RelaySettings) -> None:
         print(f"  {line}")
     if busy_total > 100 and settings.api_budget_per_hour is None:  # noqa: PLR2004 - the sandbox limit
         print("  note: a sandbox project allows 100 requests/hour: set RELAY_API_BUDGET_PER_HOUR=80 there")
+
+
+def print_monthly(settings: RelaySettings, cadence: Cadence) -> float | None:
+    """Print the idle interval RELAY_API_BUDGET_PER_MONTH gives over a whole billing cycle; return it (None: no monthly budget)."""
+    budget = settings.api_budget_per_month
+    if budget is None:
+        print(f"pacing: {settings.pacing}; a new action is noticed {expected_detection_s(cadence.idle_s):g}s after it starts on average (idle polls)")
+        return None
+    cycle = billing_cycle(time.time(), cycle_day=settings.billing_cycle_day)
+    idle_s = idle_interval_s(budget=budget, used=0, now=cycle.start, cycle=cycle, fast_s=cadence.fast_s)
+    floor_s = max(idle_s, cadence.budget_floor_s)
+    print(
+        f"monthly budget: {budget:,} requests per billing cycle (from day {settings.billing_cycle_day}): idle poll every {floor_s:,.0f}s "
+        f"when the cycle's spending is on track; a new action is noticed {expected_detection_s(floor_s):,.0f}s after it starts on average "
+        f"(at most {floor_s:,.0f}s; POST /watch makes it immediate)"
+    )
+    return idle_s

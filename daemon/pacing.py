@@ -9,9 +9,11 @@ cycle, wake-up or failure; tests read it as a public value.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, replace
+from collections.abc import Mapping
+from dataclasses import dataclass, field, replace
 
 from daemon.cadence import Cadence, Decision, is_busy, last_activity, next_poll
+from daemon.progress import Observed, Track, observe, wait_s
 
 AUTH_BACKOFF_S = (60.0, 900.0)  # first pause after a 401/403, and its ceiling: doubles per refusal
 
@@ -26,6 +28,7 @@ class Pacing:
     auth_failures: int = 0  # 401/403 answers in a row
     last_activity_at: float = 0.0
     last_poll_at: float = 0.0
+    tracks: Mapping[str, Track] = field(default_factory=dict)  # progress pacing: the in-flight actions' progress
 
     def may_poll(self, now: float) -> bool:
         """Whether a poll may start now (no back-off or Retry-After pending)."""
@@ -41,6 +44,9 @@ class CycleFacts:
     first_run: bool
     remaining: int | None = None  # X-Rate-Limit-Remaining
     limit: int | None = None  # X-Rate-Limit-Limit
+    observed: tuple[Observed, ...] = ()  # the in-flight actions as the list showed them
+    backlog_owed: bool = False  # a capped cycle left list pages to read
+    idle_s: float | None = None  # the idle interval a monthly budget chose for now
 
 
 def started(pacing: Pacing, *, now: float) -> Pacing:
@@ -50,10 +56,22 @@ def started(pacing: Pacing, *, now: float) -> Pacing:
 
 def succeeded(pacing: Pacing, facts: CycleFacts, *, cadence: Cadence, now: float) -> tuple[Pacing, Decision]:
     """Return the state after a successful cycle and the wait before the next one."""
+    cadence = cadence.with_idle(facts.idle_s)
+    if cadence.pacing == "progress":
+        return _progress_paced(pacing, facts, cadence=cadence, now=now)
     active_at = last_activity(pacing.last_activity_at, now=now, in_flight=facts.in_flight, transitions=facts.transitions, first_run=facts.first_run)
     busy = is_busy(cadence, now=now, last_activity_at=active_at)
     decision = next_poll(cadence, busy=busy, remaining=facts.remaining, limit=facts.limit)
     return replace(pacing, interval_s=decision.interval_s, reason=decision.reason, auth_failures=0, last_activity_at=active_at), decision
+
+
+def _progress_paced(pacing: Pacing, facts: CycleFacts, *, cadence: Cadence, now: float) -> tuple[Pacing, Decision]:
+    """Poll near the earliest estimated finish; only a wake-up or an owed list backlog brings the plain fast pace."""
+    tracks = observe(pacing.tracks, facts.observed, now=now)
+    busy = facts.backlog_owed or is_busy(cadence, now=now, last_activity_at=pacing.last_activity_at)
+    wanted = wait_s(tracks, now=now, fast_s=cadence.fast_s, idle_s=cadence.idle_s, new_s=cadence.cooldown_s)
+    decision = next_poll(cadence, busy=busy, remaining=facts.remaining, limit=facts.limit, wanted_s=wanted)
+    return replace(pacing, interval_s=decision.interval_s, reason=decision.reason, auth_failures=0, tracks=tracks), decision
 
 
 def auth_refused(pacing: Pacing, *, now: float, backoff_s: tuple[float, float] = AUTH_BACKOFF_S) -> Pacing:

@@ -22,6 +22,7 @@ from daemon.eventsize import clip_text, fit_event
 from daemon.listing import ListPlan, ListWalker, ListWindow, backlog_window_s
 from daemon.model import ActionSnapshot, Event, format_timestamp, parse_timestamp
 from daemon.normalize import normalize, stuck_event
+from daemon.progress import Observed
 from daemon.store import ActionStore, Cursor, CycleResult
 from daemon.voucherify import VoucherifyClient
 
@@ -48,6 +49,7 @@ class PollReport:
     backlog_pages: int = 0  # pages this cycle read of an older window a capped cycle left
     backlog_window_s: float | None = None  # created_at seconds still owed after this cycle; None when caught up
     backlog_pages_owed: int | None = None  # estimate: the owed window at the density of the last full page
+    observed: tuple[Observed, ...] = ()  # each in-flight action's progress and timestamps as listed (progress pacing)
 
 
 class Poller:
@@ -142,6 +144,7 @@ class Poller:
             events=events,
             api_calls=self._client.requests_sent - calls_before,
             in_flight=sum(1 for s in current if not s.terminal),
+            observed=tuple(_observed(s) for s in current if not s.terminal),
             ordered=window.ordered,
             first_run=cursor.first_run,
             backlog_pages=window.backlog_pages,
@@ -251,6 +254,16 @@ def _list_entry(s: ActionSnapshot) -> dict[str, Any]:
         "created_at": s.created_at,
         "updated_at": s.updated_at,
     }
+
+
+def _observed(s: ActionSnapshot) -> Observed:
+    created, updated = parse_timestamp(s.created_at), parse_timestamp(s.updated_at)
+    return Observed(
+        id=s.id,
+        progress=s.progress,
+        created_at=created.timestamp() if created else None,
+        updated_at=updated.timestamp() if updated else None,
+    )
 
 
 def _created(entry: Mapping[str, Any]) -> datetime | None:

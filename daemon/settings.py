@@ -184,6 +184,9 @@ class RelaySettings(BaseSettings):
     stuck_after: Duration = timedelta(hours=1)
     sinks: dict[str, SinkSettings] = Field(default_factory=dict)
     api_budget_per_hour: int | None = Field(default=None, ge=2)
+    api_budget_per_month: int | None = Field(default=None, ge=100)
+    billing_cycle_day: int = Field(default=1, ge=1, le=28)
+    pacing: Literal["progress", "adaptive", "fixed"] = "progress"
     api_timeout_s: float = Field(default=10.0, gt=0, le=120)
     api_max_attempts: int = Field(default=4, ge=1, le=10)
     # the documented 5,000-row results are well under 2 MiB; the cap keeps an endless body from exhausting memory
@@ -230,7 +233,7 @@ class RelaySettings(BaseSettings):
     def _webhook_secret(cls, value: SecretStr | None) -> SecretStr | None:
         return SinkSettings._whsec(value)  # noqa: SLF001 - same rule, one place
 
-    @field_validator("log_level", "log_format", mode="before")
+    @field_validator("log_level", "log_format", "pacing", mode="before")
     @classmethod
     def _lower(cls, value: object) -> object:
         return value.lower() if isinstance(value, str) else value

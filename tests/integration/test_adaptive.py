@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import time
 
 from tests.conftest import until
 from tests.integration.test_relay import baseline, running
@@ -10,7 +11,7 @@ from tests.integration.test_relay import baseline, running
 
 async def test_idle_relay_polls_slowly_and_wakes_on_activity(standin, receiver, make_settings):
     """With nothing in flight the relay polls at the idle pace; an action in flight brings back the fast pace."""
-    async with running(make_settings(poll_interval="0.1", idle_poll_interval="1")) as relay:
+    async with running(make_settings(poll_interval="0.1", idle_poll_interval="1", pacing="adaptive")) as relay:
         await baseline(relay)
         await asyncio.sleep(1.5)  # the first poll saw nothing: idle pace
         idle_polls = standin.count("list")
@@ -28,9 +29,31 @@ async def test_low_rate_limit_remaining_slows_down(standin, make_settings):
     """When X-Rate-Limit-Remaining drops under a tenth of the limit, the relay polls at the idle pace."""
     standin.rate_limit.per_minute = 30  # the stand-in as a project with 30 requests a minute
     standin.add_action(status="IN_PROGRESS")  # busy: would poll every 0.1 s
-    async with running(make_settings(poll_interval="0.1", idle_poll_interval="0.5")) as relay:
+    async with running(make_settings(poll_interval="0.1", idle_poll_interval="0.5", pacing="adaptive")) as relay:
         await until(lambda: relay.pacing.reason == "rate_limit", timeout_s=10)
         before = standin.count("list")
         await asyncio.sleep(1.0)
         assert standin.count("list") - before <= 3
     assert 429 not in {r.status for r in standin.requests}, "it backed off before being refused"
+
+
+async def test_progress_pacing_polls_near_the_estimated_finish(standin, receiver, make_settings):
+    """With progress pacing, an action whose listed progress moves steadily is polled near its estimated finish, not every fast interval."""
+    action_id = standin.add_action(status="IN_PROGRESS", progress=0)
+    async with running(make_settings(poll_interval="0.05", idle_poll_interval="5", pacing="progress")) as relay:
+        await baseline(relay)
+        await asyncio.sleep(0.5)
+        standin.update_action(action_id, progress=20)  # 20% in 0.5 s: done 2 s from now
+        await until(lambda: relay.pacing.reason == "progress", timeout_s=1)
+        polls_before = standin.count("list")
+        for progress in (40, 60, 80):
+            await asyncio.sleep(0.5)
+            standin.update_action(action_id, progress=progress)
+        await asyncio.sleep(0.4)
+        polls_while_running = standin.count("list") - polls_before
+        standin.complete_action(action_id, example="SKUS.IMPORT_CSV")
+        finished = time.monotonic()
+        await until(lambda: len(receiver.delivered) == 1, timeout_s=3)
+        detected_s = time.monotonic() - finished
+    assert polls_while_running <= 3, f"{polls_while_running} polls in 1.9 s; the fast pace would make about 38"
+    assert detected_s < 0.6, "polled again close to the estimated finish"

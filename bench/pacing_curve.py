@@ -1,0 +1,182 @@
+"""Pacing strategies: requests against detection time on two simulated days (issue 15).
+
+Each relay row is ``bench.api_calls.simulate_relay``: the real Poller over HTTP to the
+stand-in on a simulated clock, paced by ``daemon.pacing.succeeded`` exactly as
+``Relay._pace`` paces it. The naive poller (list every 30 s, GET every in-flight action)
+runs in the same process on the same workload. The floor is a clairvoyant poller: one
+list at each finish and one GET per finished action, detection 0 s.
+
+    python -m bench.pacing_curve [--png docs/pacing-curve.png] [--markdown FILE] [--quick]
+"""
+
+from __future__ import annotations
+
+import asyncio
+import math
+import sys
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+if __package__ in (None, ""):
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from bench.api_calls import MONTH_FACTOR, ImportJob, SimResult, plan_busy_workload, plan_workload, simulate_naive, simulate_relay
+from bench.common import base_parser, fmt, markdown_table, mean, percentile, quiet_logs
+
+Planner = Callable[..., list[ImportJob]]
+DAYS: dict[str, tuple[Planner, int, str]] = {
+    "quiet day": (plan_workload, 20, "20 imports of 2-10 min, progress every minute"),
+    "busy day": (plan_busy_workload, 200, "200 imports: a quarter under a minute, the rest 1-15 min; a fifth report no progress"),
+}
+CONFIGS = (  # name, pacing, fast s, idle s, monthly budget
+    ("fixed 30 s", "fixed", 30.0, 30.0, None),
+    ("adaptive, defaults (30 s / 300 s)", "adaptive", 30.0, 300.0, None),
+    ("progress, defaults (30 s / 300 s)", "progress", 30.0, 300.0, None),
+    ("progress, monthly budget 10,000", "progress", 30.0, 300.0, 10_000),
+)
+CURVE_IDLE_S = (60.0, 120.0, 180.0, 300.0, 450.0, 600.0)
+CURVE_STRATEGIES = ("fixed", "adaptive", "progress")  # fixed: one poll every "idle" seconds
+
+
+@dataclass(frozen=True, slots=True)
+class Point:
+    """One run's cost and detection times."""
+
+    label: str
+    requests_per_day: float
+    mean_s: float
+    p50_s: float
+    p95_s: float
+    max_s: float
+    detected: str
+
+    @classmethod
+    def of(cls, label: str, r: SimResult) -> Point:
+        """Summarise a simulation (one simulated day)."""
+        lat = r.latencies_s
+        return cls(label, r.total, mean(lat), percentile(lat, 50), percentile(lat, 95), max(lat, default=math.nan), f"{len(lat)}/{r.finished}")
+
+
+async def run_day(day: str, *, seed: int, curve: tuple[float, ...]) -> tuple[list[Point], list[tuple[str, float, Point]], Point]:
+    """Simulate one day: the table's configurations plus the naive poller, the curve, and the floor."""
+    planner, imports, _ = DAYS[day]
+    jobs = planner(imports_per_day=imports, days=1, seed=seed)
+    table = [Point.of(name, await simulate_relay(jobs, days=1, fast_s=f, idle_s=i, name=name, pacing=p, month_budget=m)) for name, p, f, i, m in CONFIGS]
+    table.append(Point.of("naive: list every 30 s + GET each in-flight action", await simulate_naive(jobs, days=1)))
+    points = []
+    for strategy in CURVE_STRATEGIES:
+        for idle_s in curve:
+            fast_s = idle_s if strategy == "fixed" else 30.0
+            result = await simulate_relay(jobs, days=1, fast_s=fast_s, idle_s=idle_s, name=strategy, pacing=strategy)
+            points.append((strategy, idle_s, Point.of(strategy, result)))
+    finishes = len({round(j.end) for j in jobs})
+    floor = Point("floor (clairvoyant)", finishes + len(jobs), 0.0, 0.0, 0.0, 0.0, f"{len(jobs)}/{len(jobs)}")
+    return table, points, floor
+
+
+def day_markdown(day: str, table: list[Point], points: list[tuple[str, float, Point]], floor: Point) -> str:
+    """Render one day's table, the curve's table and the goals."""
+    naive, adaptive, progress, monthly = table[-1], table[1], table[2], table[3]
+    rows = [_row(p, floor=floor) for p in [*table, floor]]
+    header = ["configuration", "requests/day", "requests/month", "x floor", "detected", "mean s", "p50 s", "p95 s", "max s"]
+    curve_rows = [[s, fmt(i, 0), fmt(p.requests_per_day, 0), fmt(p.p95_s, 1), fmt(p.mean_s, 1), fmt(p.max_s, 0)] for s, i, p in points]
+    goal1 = progress.requests_per_day <= adaptive.requests_per_day and progress.p95_s <= naive.p95_s
+    tenth = naive.requests_per_day / 10
+    cheap = [p for s, _, p in points if s == "progress" and p.requests_per_day <= tenth] + ([monthly] if monthly.requests_per_day <= tenth else [])
+    best = min(cheap, key=lambda p: p.p95_s, default=None)
+    goal2 = best is not None and best.p95_s <= adaptive.p95_s
+    goals = [
+        [
+            "1. no more requests than adaptive defaults, p95 no worse than naive",
+            (
+                f"progress defaults: {fmt(progress.requests_per_day, 0)} vs {fmt(adaptive.requests_per_day, 0)} requests/day; "
+                f"p95 {fmt(progress.p95_s, 1)} s vs naive {fmt(naive.p95_s, 1)} s"
+            ),
+            "meets" if goal1 else "MISSES",
+        ],
+        [
+            f"2. at most a tenth of naive's requests ({fmt(tenth, 0)}/day), p95 no worse than adaptive defaults ({fmt(adaptive.p95_s, 1)} s)",
+            "no progress point within that many requests"
+            if best is None
+            else f"best: {fmt(best.requests_per_day, 0)} requests/day with p95 {fmt(best.p95_s, 1)} s ({best.label})",
+            "meets" if goal2 else "MISSES",
+        ],
+    ]
+    return "\n\n".join(
+        [
+            f"### {day}: {DAYS[day][2]}",
+            markdown_table(header, rows),
+            "Requests/day against p95 detection for idle intervals 60-600 s (fixed: one poll every that many seconds):",
+            markdown_table(["strategy", "idle s", "requests/day", "p95 s", "mean s", "max s"], curve_rows),
+            markdown_table(["goal", "figures", "verdict"], goals),
+        ]
+    )
+
+
+def _row(p: Point, *, floor: Point) -> list[str]:
+    return [
+        p.label,
+        fmt(p.requests_per_day, 0),
+        fmt(p.requests_per_day * MONTH_FACTOR, 0),
+        f"{p.requests_per_day / floor.requests_per_day:.1f}x",
+        p.detected,
+        fmt(p.mean_s, 1),
+        fmt(p.p50_s, 1),
+        fmt(p.p95_s, 1),
+        fmt(p.max_s, 0),
+    ]
+
+
+def draw(days: dict[str, tuple[list[Point], list[tuple[str, float, Point]], Point]], png: Path) -> None:
+    """Draw requests/day against p95 detection, one panel per day (matplotlib: the ``bench`` extra)."""
+    import matplotlib as mpl  # noqa: PLC0415 - optional: only the bench needs it
+
+    mpl.use("Agg")
+    import matplotlib.pyplot as plt  # noqa: PLC0415
+
+    fig, axes = plt.subplots(1, len(days), figsize=(6 * len(days), 4.5))
+    for ax, (day, (table, points, floor)) in zip(axes, days.items(), strict=True):
+        for strategy in CURVE_STRATEGIES:
+            line = [(p.requests_per_day, p.p95_s, i) for s, i, p in points if s == strategy]
+            ax.plot([x for x, _, _ in line], [y for _, y, _ in line], marker="o", label=strategy)
+            for x, y, i in line[:: len(line) - 1]:
+                ax.annotate(f"{i:g} s", (x, y), textcoords="offset points", xytext=(4, 4), fontsize=7)
+        naive, monthly = table[-1], table[3]
+        ax.scatter([naive.requests_per_day], [naive.p95_s], marker="s", color="black", label="naive 30 s", zorder=3)
+        ax.scatter([monthly.requests_per_day], [monthly.p95_s], marker="*", s=120, color="purple", label="monthly 10,000", zorder=3)
+        ax.scatter([floor.requests_per_day], [floor.p95_s], marker="D", color="green", label="floor (clairvoyant)", zorder=3)
+        ax.set_xscale("log")
+        ax.set(title=day, xlabel="requests per day (log)", ylabel="p95 detection time, s")
+        ax.grid(visible=True, alpha=0.3)
+        ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(png, dpi=110)
+
+
+async def measure(*, seed: int, curve: tuple[float, ...]) -> dict[str, tuple[list[Point], list[tuple[str, float, Point]], Point]]:
+    """Simulate both days."""
+    return {day: await run_day(day, seed=seed, curve=curve) for day in DAYS}
+
+
+def main() -> None:
+    """Run the simulations, print the tables, draw the curve."""
+    parser = base_parser(__doc__.splitlines()[0])
+    parser.add_argument("--seed", type=int, default=6)
+    parser.add_argument("--png", type=Path, default=None, help="draw the curve to this file (needs matplotlib: pip install .[bench])")
+    parser.add_argument("--markdown", type=Path, default=None, help="also write the tables to this file")
+    parser.add_argument("--quick", action="store_true", help="three idle intervals instead of six")
+    args = parser.parse_args()
+    quiet_logs()
+    curve = CURVE_IDLE_S[::2] if args.quick else CURVE_IDLE_S
+    days = asyncio.run(measure(seed=args.seed, curve=curve))
+    text = "\n\n".join(day_markdown(day, *result) for day, result in days.items())
+    print(text)
+    if args.markdown is not None:
+        args.markdown.write_text(text + "\n", encoding="utf-8")
+    if args.png is not None:
+        draw(days, args.png)
+
+
+if __name__ == "__main__":
+    main()

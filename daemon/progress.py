@@ -1,0 +1,91 @@
+"""PURE: when will each in-flight action finish, judged from the progress the list showed.
+
+Every poll the list shows each in-flight action's ``progress`` (0-100) and its own
+``created_at``/``updated_at``. A ``Track`` per action keeps two samples: the *anchor*
+(the last moment the action was seen at its lowest progress: its creation at 0, or an
+``updated_at`` that still showed that progress) and the *latest* (its newest
+progress and the ``updated_at`` it was reached at). A linear rate between them gives an
+estimated finish; no movement, or no usable timestamps, gives none.
+
+``wait_s`` turns the tracks into the wait before the next poll: close to the earliest
+estimated finish, the fast pace for an action that has no estimate yet and is younger
+than ``new_s``, and for older ones without an estimate (types that jump from 0 to
+100) a geometric back-off: half the action's age, so the polls fall at ages t, 1.5 t,
+2.25 t...; always within [fast, idle].
+
+The samples' moments are Voucherify's timestamps, compared with the relay's clock: an
+NTP-synchronised host is seconds off at most, and the fast bound absorbs that.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, replace
+
+BACKOFF_SHARE = 0.5  # an action without an estimate is polled again after half its age
+DONE = 100.0
+
+
+@dataclass(frozen=True, slots=True)
+class Observed:
+    """One in-flight action as the list showed it (epoch seconds; None when missing or unparsable)."""
+
+    id: str
+    progress: int | None
+    created_at: float | None
+    updated_at: float | None
+
+
+@dataclass(frozen=True, slots=True)
+class Track:
+    """What the relay remembers of one in-flight action's progress."""
+
+    first_seen_at: float  # relay clock
+    anchor_at: float
+    anchor_progress: float
+    latest_at: float
+    latest_progress: float
+
+    def finish_at(self) -> float | None:
+        """Return the estimated finish (linear from anchor to latest), or None without movement."""
+        moved = self.latest_progress - self.anchor_progress
+        span_s = self.latest_at - self.anchor_at
+        if moved <= 0 or span_s <= 0:
+            return None
+        return self.latest_at + (DONE - self.latest_progress) * span_s / moved
+
+
+def observe(tracks: Mapping[str, Track], seen: Iterable[Observed], *, now: float) -> dict[str, Track]:
+    """Return the tracks after a poll that showed ``seen`` in flight (actions no longer in flight are dropped)."""
+    return {o.id: _advance(tracks.get(o.id), o, now=now) for o in seen}
+
+
+def _advance(track: Track | None, seen: Observed, *, now: float) -> Track:
+    progress = float(min(max(seen.progress or 0, 0), 100))
+    at = seen.updated_at if seen.updated_at is not None else now
+    if track is None:
+        anchor_at, anchor_progress = (at, progress) if progress == 0 or seen.created_at is None else (seen.created_at, 0.0)
+        return Track(first_seen_at=now, anchor_at=anchor_at, anchor_progress=anchor_progress, latest_at=at, latest_progress=progress)
+    if progress <= track.anchor_progress:  # still at (or back to) its lowest: movement starts after ``at``
+        return replace(track, anchor_at=at, anchor_progress=progress, latest_at=at, latest_progress=progress)
+    if progress == track.latest_progress:
+        return track
+    return replace(track, latest_at=at, latest_progress=progress)
+
+
+def action_wait_s(track: Track, *, now: float, fast_s: float, idle_s: float, new_s: float) -> float:
+    """Return how long this action lets the relay wait, within [fast_s, idle_s]."""
+    finish = track.finish_at()
+    if finish is not None:
+        wait = finish - now
+    elif now - track.first_seen_at < new_s:
+        wait = fast_s
+    else:
+        wait = (now - track.first_seen_at) * BACKOFF_SHARE
+    return min(max(wait, fast_s), idle_s)
+
+
+def wait_s(tracks: Mapping[str, Track], *, now: float, fast_s: float, idle_s: float, new_s: float) -> float | None:
+    """Return the wait the in-flight actions ask for (the shortest), or None when nothing is in flight."""
+    waits = [action_wait_s(t, now=now, fast_s=fast_s, idle_s=idle_s, new_s=new_s) for t in tracks.values()]
+    return min(waits, default=None)
