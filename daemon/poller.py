@@ -21,7 +21,7 @@ from daemon.errors import AuthError, BudgetExhaustedError, NotFoundError, RateLi
 from daemon.eventsize import clip_text, fit_event
 from daemon.listing import ListPlan, ListWalker, ListWindow, backlog_window_s
 from daemon.model import ActionSnapshot, Event, format_timestamp, parse_timestamp
-from daemon.normalize import normalize, stuck_event
+from daemon.normalize import normalize, started_event, stuck_event
 from daemon.store import ActionStore, Cursor, CycleResult
 from daemon.voucherify import VoucherifyClient
 
@@ -48,6 +48,7 @@ class PollReport:
     backlog_pages: int = 0  # pages this cycle read of an older window a capped cycle left
     backlog_window_s: float | None = None  # created_at seconds still owed after this cycle; None when caught up
     backlog_pages_owed: int | None = None  # estimate: the owed window at the density of the last full page
+    in_flight_snapshots: tuple[ActionSnapshot, ...] = ()  # the in-flight actions as this cycle saw them (progress for live messages)
 
 
 class Poller:
@@ -94,6 +95,7 @@ class Poller:
         changes = diff(previous, [*listed, *rechecked], first_run=cursor.first_run, backfill_since=backfill_since, new_after=plan.horizon)
         changes += self._backlog_changes(previous, owed, cursor)
         kept, events = await self._events_for(changes, details, now=now)
+        events += [] if cursor.first_run else self._started([c for c in changes if c.action_id in window.items], now=now)
         stuck, stuck_ids = await self._stuck([*listed, *rechecked], now=now, first_run=cursor.first_run)
         old_stuck, old_stuck_ids = await self._stuck(owed, now=now, first_run=cursor.first_run or _baseline(cursor))
         newest = _newest(cursor.newest_created_at, window.items.values())
@@ -147,7 +149,13 @@ class Poller:
             backlog_pages=window.backlog_pages,
             backlog_window_s=window_s,
             backlog_pages_owed=_pages_owed(window_s, window.page_span_s),
+            in_flight_snapshots=tuple(s for s in current if not s.terminal),
         )
+
+    def _started(self, changes: Sequence[Change], *, now: datetime) -> list[Event]:
+        """Announce actions first seen in flight (after the baseline), from their list entries: no extra request."""
+        fresh = [c.snapshot for c in changes if c.previous is None and not c.snapshot.terminal]
+        return [fit_event(started_event(_list_entry(s), detected_at=now), max_bytes=self._max_event_bytes) for s in fresh]
 
     async def _stuck(self, current: Sequence[ActionSnapshot], *, now: datetime, first_run: bool) -> tuple[list[Event], list[str]]:
         """Report in-flight actions past RELAY_STUCK_AFTER once; on the first run only mark them (the baseline)."""
