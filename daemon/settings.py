@@ -411,6 +411,8 @@ def resolve_environment(env: dict[str, str]) -> dict[str, str]:
             env[target] = Path(env[key]).read_text(encoding="utf-8").strip()
         except OSError as exc:
             raise ConfigError(key, f"cannot read the file it names ({exc.strerror})") from None
+        if "__" in key:  # a named sink's field: its model forbids unknown keys such as URL_FILE
+            del env[key]
     return env
 
 

@@ -183,6 +183,23 @@ class SlackAppSink:
             return SendResult(delivered=False, status=None, detail=f"connection failed ({type(exc).__name__})"), None
         return SendResult(delivered=True, status=response.status_code, detail=f"{method.replace('_', '.', 1)} ok"), dict(response.data)
 
+    async def probe(self) -> list[tuple[bool | None, str]]:
+        """Check the token (auth.test) and the channel (conversations.info): (ok, what) lines; None: could not tell."""
+        result, answer = await self._call("auth_test")
+        if answer is None:
+            return [(False, f"token: {result.detail}")]
+        lines: list[tuple[bool | None, str]] = [(True, f"token: ok (bot {answer.get('user', '?')!s:.40} in workspace {answer.get('team', '?')!s:.60})")]
+        result, answer = await self._call("conversations_info", channel=self._channel)
+        if answer is None and "missing_scope" in result.detail:
+            return [*lines, (None, f"channel {self._channel}: not verified (conversations.info needs channels:read); send-test posts for real")]
+        if answer is None:
+            return [*lines, (False, f"channel {self._channel}: {result.detail}")]
+        channel = answer.get("channel")
+        info: dict[str, Any] = channel if isinstance(channel, dict) else {}
+        if info.get("is_member") is False:
+            return [*lines, (False, f"channel {self._channel}: the bot is not a member: invite it (/invite @your-app)")]
+        return [*lines, (True, f"channel {self._channel}: ok (#{info.get('name', '?')!s:.80})")]
+
     def _hold(self, result: SendResult) -> None:
         if result.status == RATE_LIMITED and result.retry_after_s is not None:
             self._paused_until = max(self._paused_until, time.monotonic() + result.retry_after_s)

@@ -281,3 +281,22 @@ def test_every_contradiction_is_covered():
     assert sum(1 for c in CASES if c.variable.endswith("_FILE") and not any(v is None for v in c.overrides.values())) >= 3
     assert any(c.field == "sinks.url" and c.overrides.get("RELAY_SINKS__OPS__URL", "") is None for c in CASES)
     assert any(c.overrides.get("RELAY_VOUCHERIFY_APP_TOKEN_FILE") == DIRECTORY for c in CASES)
+
+
+def test_a_named_sinks_secrets_can_come_from_files(tmp_path):
+    """RELAY_SINKS__<NAME>__URL_FILE and __TOKEN_FILE are read like every other _FILE variable (the sink's model sees only the value)."""
+    (tmp_path / "url").write_text("https://ops.example.com/in\n", encoding="utf-8")
+    (tmp_path / "token").write_text(APP_SLACK_TOKEN + "\n", encoding="utf-8")
+    env = {
+        **base_env(tmp_path),
+        "RELAY_SINKS__OPS__KIND": "webhook",
+        "RELAY_SINKS__OPS__URL_FILE": str(tmp_path / "url"),
+        "RELAY_SINKS__LIVE__KIND": "slack_app",
+        "RELAY_SINKS__LIVE__TOKEN_FILE": str(tmp_path / "token"),
+        "RELAY_SINKS__LIVE__CHANNEL": "C0123ABCD",
+    }
+    settings = load_settings(env)
+    assert settings.sinks["ops"].target_url() == "https://ops.example.com/in"
+    assert settings.sinks["live"].wanted_events() == ("started", "completed", "failed", "stuck")
+    assert APP_SLACK_TOKEN in settings.secret_values()
+    assert APP_SLACK_TOKEN not in repr(settings)
