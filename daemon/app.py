@@ -24,13 +24,14 @@ from daemon.errors import AuthError, BudgetExhaustedError, RateLimitedError, Sto
 from daemon.health import HealthServer
 from daemon.lock import InstanceLock
 from daemon.metrics import RelayMetrics, failure_reason
+from daemon.model import ActionSnapshot
 from daemon.monthly import billing_cycle, counter_for, idle_interval_s, used_in
 from daemon.outbox import Dispatcher
 from daemon.pacing import AUTH_BACKOFF_S, CycleFacts, Pacing, auth_refused, deferred, started, succeeded, woken
 from daemon.poller import Poller, PollReport
 from daemon.readiness import liveness, readiness
 from daemon.settings import RelaySettings
-from daemon.sinks import Sink
+from daemon.sinks import LiveSink, Sink
 from daemon.store import OutboxStats, Stores
 from daemon.urls import parse_listen
 from daemon.voucherify import VoucherifyClient
@@ -57,6 +58,7 @@ class Parts:
     poller: Poller
     dispatcher: Dispatcher
     metrics: RelayMetrics
+    live_sinks: tuple[LiveSink, ...] = ()  # sinks showing progress between events (Slack app)
 
 
 class Relay:
@@ -83,6 +85,7 @@ class Relay:
         self._outbox_stats: OutboxStats | None = None
         self._outbox_stats_error = "not read yet"
         self._saved_blocked_until = parts.client.blocked_until  # the client starts from the stored deadline
+        self._progress: asyncio.Future[None] | None = None
 
     @property
     def running(self) -> bool:
@@ -173,6 +176,18 @@ class Relay:
         await self._pace(report)
         if report.events:
             self._schedule("dispatch", self._clock())
+        self._push_progress(report)
+
+    def _push_progress(self, report: PollReport) -> None:
+        """Hand the cycle's in-flight progress to the live sinks, on a task: best-effort, never delaying polls."""
+        if not self._parts.live_sinks or not report.in_flight_snapshots or (self._progress is not None and not self._progress.done()):
+            return
+        sinks, snapshots = self._parts.live_sinks, report.in_flight_snapshots
+
+        async def update_live() -> None:
+            await _update_live(sinks, snapshots)
+
+        self._progress = asyncio.ensure_future(self._guard(update_live)())
 
     async def _settle_requests(self) -> None:
         """Count the cycle's requests, and persist what must outlive a restart: their times (budget) and a Retry-After."""
@@ -282,6 +297,7 @@ class Relay:
             older_than = now - self.settings.retention.total_seconds()
             deliveries = await self.stores.outbox.prune(older_than=older_than)
             actions = await self.stores.actions.prune(older_than=older_than)
+            await self.stores.messages.prune(older_than=older_than)
             await self.stores.calls.prune(older_than=now - WINDOW_S)
         except StoreError as exc:
             log.error("prune.failed", caused_by=str(exc))
@@ -345,6 +361,14 @@ class StoreHealth:
 def cadence_for(settings: RelaySettings) -> Cadence:
     """Return the pacing settings RELAY_PACING, RELAY_POLL_INTERVAL, RELAY_IDLE_POLL_INTERVAL and the hourly budget give."""
     return Cadence.of(pacing=settings.pacing, fast_s=settings.poll_interval, idle_s=settings.idle_poll_interval, budget_per_hour=settings.api_budget_per_hour)
+
+
+async def _update_live(sinks: tuple[LiveSink, ...], snapshots: tuple[ActionSnapshot, ...]) -> None:
+    for sink in sinks:
+        try:
+            await sink.update_progress(snapshots)
+        except Exception as exc:  # noqa: BLE001 - progress is best-effort; the final state goes through the outbox
+            log.warning("progress.failed", sink=sink.name, caused_by=repr(exc))
 
 
 def _log_started(parts: Parts, *, first_run: bool) -> None:

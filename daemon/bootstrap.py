@@ -27,17 +27,22 @@ from daemon.poller import Poller
 from daemon.settings import RelaySettings, SinkSettings
 from daemon.sinks import Sink
 from daemon.sinks.slack import SlackSink
+from daemon.sinks.slack_app import SlackAppSink
 from daemon.sinks.webhook import WebhookSink
-from daemon.store import Stores
+from daemon.store import MessageRefs, Stores
 from daemon.store.sqlite import open_sqlite
 from daemon.voucherify import RetryPolicy, VoucherifyClient
 
 
-def build_sinks(settings: RelaySettings, session: aiohttp.ClientSession) -> dict[str, Sink]:
-    """Create one adapter per configured sink."""
+def build_sinks(
+    settings: RelaySettings, session: aiohttp.ClientSession, *, messages: MessageRefs | None = None, clock: Callable[[], float] = time.time
+) -> dict[str, Sink]:
+    """Create one adapter per configured sink (``messages``: where Slack app sinks keep their messages' ids)."""
     sinks: dict[str, Sink] = {}
     for name, spec in settings.all_sinks().items():
-        if spec.kind == "slack":
+        if spec.kind == "slack_app":
+            sinks[name] = SlackAppSink(name, spec, session, refs=messages, clock=clock)
+        elif spec.kind == "slack":
             sinks[name] = SlackSink(name, spec, session, min_interval_s=spec.min_interval_s)
         else:
             sinks[name] = WebhookSink(name, spec, session)
@@ -68,10 +73,11 @@ def build_client(
 
 
 def route_event(specs: Mapping[str, SinkSettings], event: Event) -> list[str]:
-    """PURE: return the sinks whose filters accept ``event`` (by action type glob and outcome)."""
+    """PURE: return the sinks whose filters accept ``event`` (by event kind, action type glob and outcome)."""
     action_type = str(event.data.get("type") or "")
     outcome = str(event.data.get("outcome") or "")
-    return [name for name, spec in specs.items() if spec.accepts(action_type=action_type, outcome=outcome)]
+    kind = event.type.removeprefix("async_action.")
+    return [name for name, spec in specs.items() if spec.accepts(action_type=action_type, outcome=outcome, event=kind)]
 
 
 def open_stores(settings: RelaySettings, *, mode: Literal["rwc", "rw", "ro"] = "rwc") -> Stores:
@@ -109,7 +115,8 @@ async def build_relay(
             budget = RequestBudget(settings.api_budget_per_hour, history=await stores.calls.since(clock() - WINDOW_S))
             blocked_until = float(await stores.actions.load_meta(BLOCKED_UNTIL) or 0)
             client = build_client(settings, session, retry=retry, budget=budget, blocked_until=blocked_until)
-        parts = _assemble(settings, clock=clock, lock=lock, stores=stores, session=session, client=client, sinks=sinks or build_sinks(settings, session))
+        sinks = sinks or build_sinks(settings, session, messages=stores.messages, clock=clock)
+        parts = _assemble(settings, clock=clock, lock=lock, stores=stores, session=session, client=client, sinks=sinks)
         undo.pop_all()
     return Relay(parts, auth_backoff_s=auth_backoff_s)
 
@@ -151,4 +158,5 @@ def _assemble(
         poller=poller,
         dispatcher=dispatcher,
         metrics=metrics,
+        live_sinks=tuple(s for s in sinks.values() if isinstance(s, SlackAppSink)),
     )

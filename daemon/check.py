@@ -7,11 +7,12 @@ import time
 import aiohttp
 
 from daemon.app import cadence_for
-from daemon.bootstrap import build_client
+from daemon.bootstrap import build_client, build_sinks
 from daemon.cadence import Cadence, estimate_cost, plan_report
 from daemon.errors import AuthError, ConfigError, RedirectError, VoucherifyError
 from daemon.monthly import billing_cycle, expected_detection_s, idle_interval_s
 from daemon.settings import RelaySettings
+from daemon.sinks.slack_app import SlackAppSink
 from daemon.voucherify import RetryPolicy
 
 EX_CONFIG = 78  # refused credentials are a configuration error, like cli.EX_CONFIG
@@ -27,6 +28,7 @@ async def run_check(settings: RelaySettings) -> int:
         print("sinks: none configured: `run` needs RELAY_WEBHOOK_URL or RELAY_SINKS__<NAME>__KIND/URL")
     print_cost(settings)
     async with aiohttp.ClientSession() as session:
+        slack_status = await check_slack_apps(settings, session)
         client = build_client(settings, session, retry=RetryPolicy(max_attempts=1))
         try:
             page = await client.list_page(limit=1)
@@ -41,7 +43,19 @@ async def run_check(settings: RelaySettings) -> int:
             return 1
     remaining = "" if client.rate_limit_remaining is None else f"; {client.rate_limit_remaining} requests left in the current rate-limit period"
     print(f"voucherify: ok ({settings.voucherify_api_url} accepted the keys; {len(page.actions)} recent action(s) visible{remaining})")
-    return 0 if sinks else 1
+    return slack_status if sinks else 1
+
+
+async def check_slack_apps(settings: RelaySettings, session: aiohttp.ClientSession) -> int:
+    """Ask Slack whether each Slack app sink's token works and its channel is reachable; return 0 or EX_CONFIG."""
+    status = 0
+    for name, sink in build_sinks(settings, session).items():
+        if not isinstance(sink, SlackAppSink):
+            continue
+        for ok, line in await sink.probe():
+            print(f"sink {name}: {'ok' if ok else 'FAILED' if ok is False else 'note'}: {line}")
+            status = EX_CONFIG if ok is False else status
+    return status
 
 
 def print_cost(settings: RelaySettings) -> None:

@@ -17,6 +17,7 @@ ACTION_ID_PATTERN = r"[A-Za-z0-9_-]{1,64}"  # a plain Voucherify id: safe as one
 class EventType(StrEnum):
     """The event types the relay emits; their strings are a contract."""
 
+    STARTED = "async_action.started"
     COMPLETED = "async_action.completed"
     FAILED = "async_action.failed"
     STUCK = "async_action.stuck"

@@ -64,6 +64,12 @@ def stuck_event(action: Mapping[str, Any], *, detected_at: datetime, stuck_for_s
     )
 
 
+def started_event(action: Mapping[str, Any], *, detected_at: datetime) -> Event:
+    """Build the ``async_action.started`` event for an action first seen in flight (from its list entry: no extra request)."""
+    data = describe(action, detail_available=False) | {"outcome": "started"}
+    return Event(id=event_id_for(str(data["id"]), EventType.STARTED), type=EventType.STARTED, timestamp=format_timestamp(detected_at), data=data)
+
+
 def test_event(*, detected_at: datetime, token: str) -> Event:
     """Build a clearly marked sample event (``relay.test``) for ``send-test``; ``token`` makes its id unique."""
     data = {

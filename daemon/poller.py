@@ -21,8 +21,8 @@ from daemon.errors import AuthError, BudgetExhaustedError, NotFoundError, RateLi
 from daemon.eventsize import clip_text, fit_event
 from daemon.listing import ListPlan, ListWalker, ListWindow, backlog_window_s
 from daemon.model import ActionSnapshot, Event, format_timestamp, parse_timestamp
-from daemon.normalize import normalize, stuck_event
-from daemon.progress import Observed
+from daemon.normalize import normalize, started_event, stuck_event
+from daemon.progress import Observed, observed_from
 from daemon.store import ActionStore, Cursor, CycleResult
 from daemon.voucherify import VoucherifyClient
 
@@ -49,7 +49,12 @@ class PollReport:
     backlog_pages: int = 0  # pages this cycle read of an older window a capped cycle left
     backlog_window_s: float | None = None  # created_at seconds still owed after this cycle; None when caught up
     backlog_pages_owed: int | None = None  # estimate: the owed window at the density of the last full page
-    observed: tuple[Observed, ...] = ()  # each in-flight action's progress and timestamps as listed (progress pacing)
+    in_flight_snapshots: tuple[ActionSnapshot, ...] = ()  # the in-flight actions as this cycle saw them (pacing, live messages)
+
+    @property
+    def observed(self) -> tuple[Observed, ...]:
+        """Return each in-flight action's progress and timestamps, as progress pacing reads them."""
+        return tuple(observed_from(s) for s in self.in_flight_snapshots)
 
 
 class Poller:
@@ -96,6 +101,7 @@ class Poller:
         changes = diff(previous, [*listed, *rechecked], first_run=cursor.first_run, backfill_since=backfill_since, new_after=plan.horizon)
         changes += self._backlog_changes(previous, owed, cursor)
         kept, events = await self._events_for(changes, details, now=now)
+        events += [] if cursor.first_run else self._started([c for c in changes if c.action_id in window.items], now=now)
         stuck, stuck_ids = await self._stuck([*listed, *rechecked], now=now, first_run=cursor.first_run)
         old_stuck, old_stuck_ids = await self._stuck(owed, now=now, first_run=cursor.first_run or _baseline(cursor))
         newest = _newest(cursor.newest_created_at, window.items.values())
@@ -144,13 +150,18 @@ class Poller:
             events=events,
             api_calls=self._client.requests_sent - calls_before,
             in_flight=sum(1 for s in current if not s.terminal),
-            observed=tuple(_observed(s) for s in current if not s.terminal),
             ordered=window.ordered,
             first_run=cursor.first_run,
             backlog_pages=window.backlog_pages,
             backlog_window_s=window_s,
             backlog_pages_owed=_pages_owed(window_s, window.page_span_s),
+            in_flight_snapshots=tuple(s for s in current if not s.terminal),
         )
+
+    def _started(self, changes: Sequence[Change], *, now: datetime) -> list[Event]:
+        """Announce actions first seen in flight (after the baseline), from their list entries: no extra request."""
+        fresh = [c.snapshot for c in changes if c.previous is None and not c.snapshot.terminal]
+        return [fit_event(started_event(_list_entry(s), detected_at=now), max_bytes=self._max_event_bytes) for s in fresh]
 
     async def _stuck(self, current: Sequence[ActionSnapshot], *, now: datetime, first_run: bool) -> tuple[list[Event], list[str]]:
         """Report in-flight actions past RELAY_STUCK_AFTER once; on the first run only mark them (the baseline)."""
@@ -254,16 +265,6 @@ def _list_entry(s: ActionSnapshot) -> dict[str, Any]:
         "created_at": s.created_at,
         "updated_at": s.updated_at,
     }
-
-
-def _observed(s: ActionSnapshot) -> Observed:
-    created, updated = parse_timestamp(s.created_at), parse_timestamp(s.updated_at)
-    return Observed(
-        id=s.id,
-        progress=s.progress,
-        created_at=created.timestamp() if created else None,
-        updated_at=updated.timestamp() if updated else None,
-    )
 
 
 def _created(entry: Mapping[str, Any]) -> datetime | None:

@@ -22,6 +22,8 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, replace
 
+from daemon.model import ActionSnapshot, parse_timestamp
+
 BACKOFF_SHARE = 0.5  # an action without an estimate is polled again after half its age
 DONE = 100.0
 
@@ -34,6 +36,17 @@ class Observed:
     progress: int | None
     created_at: float | None
     updated_at: float | None
+
+
+def observed_from(s: ActionSnapshot) -> Observed:
+    """Return what pacing reads of a listed in-flight action."""
+    created, updated = parse_timestamp(s.created_at), parse_timestamp(s.updated_at)
+    return Observed(
+        id=s.id,
+        progress=s.progress,
+        created_at=created.timestamp() if created else None,
+        updated_at=updated.timestamp() if updated else None,
+    )
 
 
 @dataclass(frozen=True, slots=True)

@@ -88,8 +88,21 @@ def reject_control_chars(value: _T) -> _T:
     return value
 
 
+def _check_events(events: list[str]) -> list[str]:
+    unknown = [e for e in events if e.lower() not in EVENT_KINDS]
+    if unknown or not events:
+        msg = f"unknown event {unknown[0]!r}: use any of {', '.join(EVENT_KINDS)}" if unknown else f"name at least one of {', '.join(EVENT_KINDS)}"
+        raise ValueError(msg)
+    return [e.lower() for e in events]
+
+
 TypeGlobs = Annotated[list[str], NoDecode, BeforeValidator(split_list), AfterValidator(_check_type_globs)]
 Outcomes = Annotated[list[str], NoDecode, BeforeValidator(split_list), AfterValidator(_check_outcomes)]
+EventKinds = Annotated[list[str], NoDecode, BeforeValidator(split_list), AfterValidator(_check_events)]
+EVENT_KINDS = ("started", "completed", "failed", "stuck")
+DEFAULT_EVENTS = ("completed", "failed", "stuck")
+SLACK_API_URL = "https://slack.com/api/"
+_CHANNEL_ID = re.compile(r"^[CGD][A-Z0-9]{6,20}$")
 
 
 class SinkSettings(BaseModel):
@@ -97,9 +110,14 @@ class SinkSettings(BaseModel):
 
     model_config = ConfigDict(frozen=True, extra="forbid")
 
-    kind: Literal["webhook", "slack"]
-    url: SecretStr
+    kind: Literal["webhook", "slack", "slack_app"]
+    url: SecretStr | None = None  # webhook and slack: the receiver (a Slack incoming webhook's URL is its credential)
     secret: SecretStr | None = None
+    token: SecretStr | None = None  # slack_app: the bot token (xoxb-...)
+    channel: str | None = None  # slack_app: the channel id (C..., G...)
+    api_url: str = SLACK_API_URL  # slack_app: Slack's Web API base (tests, Enterprise Grid proxies)
+    update_interval_s: float = Field(default=5.0, ge=0.05, le=3600)  # slack_app: at most one progress update per message this often
+    events: EventKinds | None = None  # None: started too for slack_app, completed/failed/stuck otherwise
     max_concurrency: int = Field(default=4, ge=1, le=64)
     timeout_s: float = Field(default=15.0, gt=0, le=300)
     types: TypeGlobs = Field(default_factory=list)
@@ -107,21 +125,66 @@ class SinkSettings(BaseModel):
     min_interval_s: float = Field(default=1.0, ge=0, le=60)  # Slack: about one message a second per webhook
 
     @model_validator(mode="after")
-    def _secret_only_for_webhooks(self) -> SinkSettings:
+    def _fields_fit_the_kind(self) -> SinkSettings:
+        if self.kind == "slack_app":
+            return self._check_app()
+        if self.url is None:
+            msg = f"__URL: is required for a {self.kind} sink"
+            raise ValueError(msg)
         if self.kind == "slack" and self.secret is not None:
             msg = "a Slack sink takes no secret (its URL is the credential)"
             raise ValueError(msg)
+        if self.token is not None or self.channel is not None:
+            msg = f"__{'TOKEN' if self.token is not None else 'CHANNEL'}: only a slack_app sink (a Slack app) takes it; a {self.kind} sink needs only __URL"
+            raise ValueError(msg)
+        if self.kind == "slack" and "started" in self.wanted_events():
+            msg = "__EVENTS: an incoming-webhook Slack sink cannot show started actions; use KIND=slack_app for live messages"
+            raise ValueError(msg)
         return self
 
-    def accepts(self, *, action_type: str, outcome: str) -> bool:
-        """Whether this sink's filters let an event of this action type and outcome through."""
+    def _check_app(self) -> SinkSettings:
+        if self.url is not None or self.secret is not None:
+            msg = f"__{'URL' if self.url is not None else 'SECRET'}: a slack_app sink takes __TOKEN and __CHANNEL instead"
+            raise ValueError(msg)
+        if self.token is None or not self.token.get_secret_value().startswith("xoxb-"):
+            msg = "__TOKEN: a slack_app sink needs a bot token (xoxb-...) from the app's OAuth & Permissions page"
+            raise ValueError(msg)
+        if self.channel is None or not _CHANNEL_ID.match(self.channel):
+            msg = "__CHANNEL: a slack_app sink needs a channel id such as C0123ABCD (channel details > About), not a #name"
+            raise ValueError(msg)
+        return self
+
+    def wanted_events(self) -> tuple[str, ...]:
+        """Return the event kinds this sink receives (started, completed, failed, stuck)."""
+        if self.events is not None:
+            return tuple(self.events)
+        return EVENT_KINDS if self.kind == "slack_app" else DEFAULT_EVENTS
+
+    def accepts(self, *, action_type: str, outcome: str, event: str = "completed") -> bool:
+        """Whether this sink's filters let an event of this kind, action type and outcome through.
+
+        A started event has no outcome yet: a sink filtering on outcomes does not get it.
+        """
+        if event not in self.wanted_events() or (event == "started" and self.outcomes):
+            return False
         type_ok = not self.types or any(fnmatch.fnmatchcase(action_type.upper(), glob) for glob in self.types)
-        return type_ok and (not self.outcomes or outcome in self.outcomes)
+        return type_ok and (event == "started" or not self.outcomes or outcome in self.outcomes)
 
     @field_validator("url")
     @classmethod
-    def _http_url(cls, value: SecretStr) -> SecretStr:
-        return check_http_url(reject_control_chars(value))
+    def _http_url(cls, value: SecretStr | None) -> SecretStr | None:
+        return None if value is None else check_http_url(reject_control_chars(value))
+
+    @field_validator("token")
+    @classmethod
+    def _token(cls, value: SecretStr | None) -> SecretStr | None:
+        return None if value is None else reject_control_chars(SecretStr(value.get_secret_value().strip()))
+
+    @field_validator("api_url")
+    @classmethod
+    def _api_url(cls, value: str) -> str:
+        check_http_url(SecretStr(reject_control_chars(value)))
+        return value if value.endswith("/") else value + "/"
 
     @field_validator("secret")
     @classmethod
@@ -138,8 +201,17 @@ class SinkSettings(BaseModel):
         return [_decode_whsec(s) for s in self.secret.get_secret_value().split()]
 
     def display_url(self) -> str:
-        """Return the URL safe to show: scheme, host, port and at most the first path segment."""
+        """Return the URL safe to show: scheme, host, port and at most the first path segment (an app: its API and channel)."""
+        if self.url is None:
+            return f"{redact_url(self.api_url)} channel {self.channel}"
         return redact_url(self.url.get_secret_value())
+
+    def target_url(self) -> str:
+        """Return the receiver's full URL (a secret for Slack); only webhook and slack sinks have one."""
+        if self.url is None:
+            msg = f"a {self.kind} sink has no URL"
+            raise ValueError(msg)
+        return self.url.get_secret_value()
 
 
 def check_http_url(value: SecretStr) -> SecretStr:
@@ -289,9 +361,9 @@ class RelaySettings(BaseSettings):
         """Return every secret string, for the log redactor."""
         values = [self.voucherify_app_token, self.webhook_secret, self.watch_token]
         for sink in self.all_sinks().values():
-            values.append(sink.secret)
+            values += [sink.secret, sink.token]
             # a sink URL is shown as display_url(); where that hides something, the hidden part may be a secret
-            if sink.display_url() != sink.url.get_secret_value():
+            if sink.url is not None and sink.display_url() != sink.url.get_secret_value():
                 values.append(sink.url)
         found = [v.get_secret_value() for v in values if v is not None]
         found.extend(s for v in list(found) for s in v.split() if len(s) >= 8)  # noqa: PLR2004
@@ -342,6 +414,8 @@ def resolve_environment(env: dict[str, str]) -> dict[str, str]:
             env[target] = Path(env[key]).read_text(encoding="utf-8").strip()
         except OSError as exc:
             raise ConfigError(key, f"cannot read the file it names ({exc.strerror})") from None
+        if "__" in key:  # a named sink's field: its model forbids unknown keys such as URL_FILE
+            del env[key]
     return env
 
 
@@ -367,6 +441,8 @@ def _config_error(exc: ValidationError) -> ConfigError:
     first = exc.errors(include_url=False, include_input=False)[0]
     variable = env_name(first["loc"])
     message = first["msg"].removeprefix("Value error, ")
+    if field := re.match(r"(__[A-Z_]+): ", message):  # a sink's cross-field rule names the field it is about
+        variable, message = variable + field.group(1), message[field.end() :]
     if first["type"] == "missing":
         message = "is required"
     return ConfigError(variable, message)

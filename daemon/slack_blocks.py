@@ -361,3 +361,18 @@ def _pct(value: object) -> str:
 
 def _any_text(value: object) -> str:
     return value if isinstance(value, str) else json.dumps(value, default=str, ensure_ascii=False)[: ROW_CHARS * 2]
+
+
+def failure_lines(data: Mapping[str, Any], *, limit: int = ROWS_IN_BLOCKS, budget: int = FAILURES_CHARS) -> list[str]:
+    """Return an event's failure rows as escaped mrkdwn lines, clipped, with ``+N more`` for the rest."""
+    return _failure_lines(data, limit, budget)
+
+
+def slack_date(value: str | None) -> str:
+    """Return a timestamp as Slack's ``<!date^…>`` (shown in the reader's time zone)."""
+    return _slack_date(value)
+
+
+def code(value: object) -> str:
+    """Return ``value`` escaped and clipped as inline code, or an em dash."""
+    return _code(value)

@@ -18,6 +18,7 @@ from daemon.settings import RelaySettings, load_settings
 if TYPE_CHECKING:
     from daemon.app import Relay
 from tests.fakes.slack import HOOK_PATH as FAKE_SLACK_HOOK_PATH
+from tests.fakes.slack_web import BOT_TOKEN as FAKE_SLACK_BOT_TOKEN
 
 APP_TOKEN = "tok_live_s3cr3t_0123456789abcdef"
 WEBHOOK_SECRET = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw"
@@ -95,6 +96,7 @@ KNOWN_SECRETS = {
     "watch token": WATCH_TOKEN,
     "Slack URL token": SLACK_URL.rsplit("/", 1)[-1],
     "FakeSlack hook token": FAKE_SLACK_HOOK_PATH.rsplit("/", 1)[-1],
+    "FakeSlackWeb bot token": FAKE_SLACK_BOT_TOKEN,
 }
 _watched: list[Callable[[], str]] = []
 

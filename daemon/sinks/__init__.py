@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
-from daemon.model import Delivery
+from daemon.model import ActionSnapshot, Delivery
 from daemon.urls import redact_url, resolve_location
 
 # a receiver's answer is only read for the error message: an endless body must not grow memory
@@ -45,6 +46,16 @@ class Sink(Protocol):
 
     async def send(self, delivery: Delivery) -> SendResult:
         """Deliver one event; never raise for receiver or network trouble."""
+        ...
+
+
+class LiveSink(Protocol):
+    """A sink that shows in-flight actions' progress between their events (the Slack app sink)."""
+
+    name: str
+
+    async def update_progress(self, snapshots: Sequence[ActionSnapshot]) -> int:
+        """Best-effort: show these in-flight actions' progress; return how many messages changed; never raise."""
         ...
 
 

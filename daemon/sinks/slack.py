@@ -51,7 +51,7 @@ class SlackSink:
     def __init__(self, name: str, settings: SinkSettings, session: aiohttp.ClientSession, *, min_interval_s: float = 1.0, max_hold_s: float = 10.0) -> None:
         """Pace sends ``min_interval_s`` apart; a Retry-After hold longer than ``max_hold_s`` defers instead of sleeping."""
         self.name = name
-        self._url = settings.url.get_secret_value()
+        self._url = settings.target_url()
         self._display = settings.display_url()
         self._timeout = aiohttp.ClientTimeout(total=settings.timeout_s)
         self._session = session

@@ -44,7 +44,7 @@ class WebhookSink:
     def __init__(self, name: str, settings: SinkSettings, session: aiohttp.ClientSession) -> None:
         self.name = name
         self.max_concurrency = settings.max_concurrency
-        self._url = settings.url.get_secret_value()
+        self._url = settings.target_url()
         self._display = settings.display_url()
         self._secrets = settings.secrets()
         self._timeout = aiohttp.ClientTimeout(total=settings.timeout_s)

@@ -10,7 +10,7 @@ from __future__ import annotations
 import builtins
 from collections.abc import Awaitable, Callable, Iterable, Sequence
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Literal, Protocol
 
 from daemon.model import ActionSnapshot, Delivery, Event
 
@@ -120,6 +120,31 @@ class CallLog(Protocol):
     async def prune(self, *, older_than: float) -> int: ...
 
 
+Stage = Literal["live", "final", "replied"]
+STAGES: tuple[Stage, ...] = ("live", "final", "replied")
+
+
+@dataclass(frozen=True, slots=True)
+class MessageRef:
+    """Where a sink posted an action's live Slack message, and how far it got.
+
+    ``stage``: ``live`` (showing progress), ``final`` (its end state shown), ``replied``
+    (and the failure rows posted in its thread).
+    """
+
+    channel: str
+    ts: str
+    stage: Stage = "live"
+
+
+class MessageRefs(Protocol):
+    """The Slack message each (sink, action) was posted as, so a restart or a failover updates the same one."""
+
+    async def get(self, sink: str, action_id: str) -> MessageRef | None: ...
+    async def put(self, sink: str, action_id: str, ref: MessageRef, *, now: float) -> None: ...
+    async def prune(self, *, older_than: float) -> int: ...
+
+
 @dataclass(frozen=True, slots=True)
 class Stores:
     """The opened ports of one database, and how to check and close it."""
@@ -127,6 +152,7 @@ class Stores:
     actions: ActionStore
     outbox: Outbox
     calls: CallLog
+    messages: MessageRefs
     location: str  # for logs; never holds a secret
     close: Callable[[], Awaitable[None]]
     file_problem: Callable[[], str | None]  # what happened to the storage underneath since it was opened, or None

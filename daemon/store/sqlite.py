@@ -16,6 +16,7 @@ from typing import Literal
 from daemon.model import ActionSnapshot, Event
 from daemon.store import Backlog, Cursor, CycleResult, Stores
 from daemon.store.sqlite_db import SqliteDatabase
+from daemon.store.sqlite_messages import SqliteMessageRefs
 from daemon.store.sqlite_outbox import SqliteOutbox
 
 BACKLOG_KEY = "list_backlog"
@@ -33,6 +34,7 @@ def open_sqlite(path: Path, *, mode: Literal["rwc", "rw", "ro"] = "rwc") -> Stor
         actions=SqliteActionStore(database),
         outbox=SqliteOutbox(database),
         calls=SqliteCallLog(database),
+        messages=SqliteMessageRefs(database),
         location=str(path),
         close=close,
         file_problem=database.file_problem,

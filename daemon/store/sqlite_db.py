@@ -16,7 +16,7 @@ from typing import Literal
 
 from daemon.errors import StoreError
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2  # 2: slack_messages (issue 14); an older file gains the table when opened read-write
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS actions (
     id TEXT PRIMARY KEY,
@@ -53,6 +53,16 @@ CREATE INDEX IF NOT EXISTS outbox_finished ON outbox (finished_at) WHERE status 
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
 CREATE TABLE IF NOT EXISTS api_calls (at REAL NOT NULL);
 CREATE INDEX IF NOT EXISTS api_calls_at ON api_calls (at);
+CREATE TABLE IF NOT EXISTS slack_messages (
+    sink TEXT NOT NULL,
+    action_id TEXT NOT NULL,
+    channel TEXT NOT NULL,
+    ts TEXT NOT NULL,
+    stage TEXT NOT NULL,
+    updated_at REAL NOT NULL,
+    PRIMARY KEY (sink, action_id)
+);
+CREATE INDEX IF NOT EXISTS slack_messages_updated ON slack_messages (updated_at);
 """
 
 

@@ -19,6 +19,18 @@ from tests.conftest import APP_TOKEN, SLACK_URL, WEBHOOK_SECRET
 
 ABSENT = None  # an override of None removes the variable
 SINK = {"RELAY_SINKS__OPS__KIND": "webhook", "RELAY_SINKS__OPS__URL": "https://ops.example.com/in"}
+APP_SLACK_TOKEN = "xoxb-1-2-n0tArealB0tT0ken"
+APP_SINK = {"SINKS__OPS__KIND": "slack_app", "SINKS__OPS__TOKEN": APP_SLACK_TOKEN, "SINKS__OPS__CHANNEL": "C0123ABCD"}
+BAD_APP: list[tuple[str, dict[str, str | None]]] = [
+    ("token", {"SINKS__OPS__TOKEN": None}),
+    ("token", {"SINKS__OPS__TOKEN": "xoxp-1-2-a-user-token"}),
+    ("token", {"SINKS__OPS__TOKEN": "xoxb-1-2\r\nX: 1"}),
+    ("channel", {"SINKS__OPS__CHANNEL": None}),
+    ("channel", {"SINKS__OPS__CHANNEL": "#ops"}),
+    ("url", {"SINKS__OPS__URL": "https://hooks.slack.com/services/T/B/X"}),
+    ("api_url", {"SINKS__OPS__API_URL": "slack.com/api"}),
+    ("update_interval_s", {"SINKS__OPS__UPDATE_INTERVAL_S": "0"}),
+]
 MISSING_FILE = "/nonexistent/voucherify-relay/secret"
 DIRECTORY = "/"  # a path that exists but cannot be read as a file (the suite may run as root)
 
@@ -184,6 +196,11 @@ CASES = [
     sink("types", "RELAY_SINKS__OPS__TYPES", SINKS__OPS__TYPES="VOUCHERS.IMPORT;DROP"),
     sink("types", "RELAY_SINKS__OPS__TYPES", SINKS__OPS__TYPES="VOUCHERS.*,<script>"),
     sink("outcomes", "RELAY_SINKS__OPS__OUTCOMES", SINKS__OPS__OUTCOMES="failure,maybe"),
+    sink("events", "RELAY_SINKS__OPS__EVENTS", SINKS__OPS__EVENTS="started,finished"),
+    sink("events", "RELAY_SINKS__OPS__EVENTS", SINKS__OPS__EVENTS=","),
+    sink("events", "RELAY_SINKS__OPS__EVENTS", SINKS__OPS__KIND="slack", SINKS__OPS__URL=SLACK_URL, SINKS__OPS__EVENTS="started,failed"),
+    sink("token", "RELAY_SINKS__OPS__TOKEN", SINKS__OPS__TOKEN=APP_SLACK_TOKEN),  # a webhook takes no token
+    *[sink(f, f"RELAY_SINKS__OPS__{f.upper()}", **{"SINKS__OPS__URL": ABSENT, **APP_SINK, **bad_app}) for f, bad_app in BAD_APP],
     sink("min_interval_s", "RELAY_SINKS__OPS__MIN_INTERVAL_S", SINKS__OPS__MIN_INTERVAL_S="-1"),
     sink("min_interval_s", "RELAY_SINKS__OPS__MIN_INTERVAL_S", SINKS__OPS__MIN_INTERVAL_S="61"),
     sink("min_interval_s", "RELAY_SINKS__OPS__MIN_INTERVAL_S", SINKS__OPS__MIN_INTERVAL_S="1s"),
@@ -272,3 +289,22 @@ def test_every_contradiction_is_covered():
     assert sum(1 for c in CASES if c.variable.endswith("_FILE") and not any(v is None for v in c.overrides.values())) >= 3
     assert any(c.field == "sinks.url" and c.overrides.get("RELAY_SINKS__OPS__URL", "") is None for c in CASES)
     assert any(c.overrides.get("RELAY_VOUCHERIFY_APP_TOKEN_FILE") == DIRECTORY for c in CASES)
+
+
+def test_a_named_sinks_secrets_can_come_from_files(tmp_path):
+    """RELAY_SINKS__<NAME>__URL_FILE and __TOKEN_FILE are read like every other _FILE variable (the sink's model sees only the value)."""
+    (tmp_path / "url").write_text("https://ops.example.com/in\n", encoding="utf-8")
+    (tmp_path / "token").write_text(APP_SLACK_TOKEN + "\n", encoding="utf-8")
+    env = {
+        **base_env(tmp_path),
+        "RELAY_SINKS__OPS__KIND": "webhook",
+        "RELAY_SINKS__OPS__URL_FILE": str(tmp_path / "url"),
+        "RELAY_SINKS__LIVE__KIND": "slack_app",
+        "RELAY_SINKS__LIVE__TOKEN_FILE": str(tmp_path / "token"),
+        "RELAY_SINKS__LIVE__CHANNEL": "C0123ABCD",
+    }
+    settings = load_settings(env)
+    assert settings.sinks["ops"].target_url() == "https://ops.example.com/in"
+    assert settings.sinks["live"].wanted_events() == ("started", "completed", "failed", "stuck")
+    assert APP_SLACK_TOKEN in settings.secret_values()
+    assert APP_SLACK_TOKEN not in repr(settings)
