@@ -3,11 +3,15 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import inspect
+import os
 import time
+import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING
+from urllib.parse import urlsplit, urlunsplit
 
 import pytest
 
@@ -130,3 +134,39 @@ async def outbox_has(relay: Relay, **figures: int) -> bool:
     """Tell whether the running relay's outbox shows these figures (``pending=0``, ``dead=1``)."""
     stats = await relay.stores.outbox.stats()
     return all(getattr(stats, name) == value for name, value in figures.items())
+
+
+# --- PostgreSQL: a uniquely named database per test, dropped afterwards ---------------------
+
+PG_ENV = "RELAY_TEST_POSTGRES_URL"
+
+
+@contextlib.contextmanager
+def fresh_database() -> Iterator[str]:
+    """Create a uniquely named PostgreSQL database, yield its URL, drop it (skip with one line when RELAY_TEST_POSTGRES_URL is unset)."""
+    psycopg = pytest.importorskip("psycopg")
+    base = os.environ.get(PG_ENV)
+    if not base:
+        pytest.skip(f"{PG_ENV} is not set: PostgreSQL tests skipped")
+    name = f"relay_test_{uuid.uuid4().hex[:12]}"
+    with psycopg.connect(base, autocommit=True) as admin:
+        admin.execute(f'CREATE DATABASE "{name}"')
+    try:
+        yield urlunsplit(urlsplit(base)._replace(path=f"/{name}"))
+    finally:
+        with psycopg.connect(base, autocommit=True) as admin:
+            admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+@pytest.fixture
+def pg_url() -> Iterator[str]:
+    """Give one test a fresh PostgreSQL database."""
+    with fresh_database() as url:
+        yield url
+
+
+@pytest.fixture(scope="module")
+def pg_module_url() -> Iterator[str]:
+    """Give one test module a fresh PostgreSQL database (creating one costs about a second)."""
+    with fresh_database() as url:
+        yield url

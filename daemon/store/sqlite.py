@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Literal
 
 from daemon.model import ActionSnapshot, Event
-from daemon.store import Backlog, Cursor, CycleResult, Stores
+from daemon.store import Backlog, Cursor, CycleResult, Fence, Stores
 from daemon.store.sqlite_db import SqliteDatabase
 from daemon.store.sqlite_outbox import SqliteOutbox
 
@@ -79,7 +79,7 @@ class SqliteActionStore:
         with self._database.errors("read"):
             return {row[0] for row in self._db.execute("SELECT id FROM actions WHERE terminal = 0 AND stuck_notified = 1")}
 
-    async def commit_cycle(self, result: CycleResult, *, now: float) -> int:
+    async def commit_cycle(self, result: CycleResult, *, now: float, fence: Fence | None = None) -> int:  # noqa: ARG002 - the file lock is the fence
         """Persist a cycle's snapshots, forgotten ids, cursor and outbox rows in one transaction."""
         enqueued = 0
         if not _changes_state(result):
