@@ -18,6 +18,9 @@ import aiohttp
 from daemon.app import BLOCKED_UNTIL, Parts, Relay
 from daemon.budget import WINDOW_S, RequestBudget
 from daemon.delivery_policy import DeliveryPolicy
+from daemon.elector import Elector
+from daemon.leadership import timing_for
+from daemon.lease import LeaseStore, SqliteLeaseStore
 from daemon.lock import InstanceLock
 from daemon.metrics import RelayMetrics
 from daemon.model import Event
@@ -31,6 +34,8 @@ from daemon.sinks.webhook import WebhookSink
 from daemon.store import Stores
 from daemon.store.sqlite import open_sqlite
 from daemon.voucherify import RetryPolicy, VoucherifyClient
+
+POSTGRES_SCHEMES = ("postgresql://", "postgres://")
 
 
 def build_sinks(settings: RelaySettings, session: aiohttp.ClientSession) -> dict[str, Sink]:
@@ -51,6 +56,7 @@ def build_client(
     retry: RetryPolicy | None = None,
     budget: RequestBudget | None = None,
     blocked_until: float = 0.0,
+    permit: Callable[[], None] = lambda: None,
 ) -> VoucherifyClient:
     """Create the Voucherify client the settings describe."""
     token = settings.voucherify_app_token.get_secret_value() if settings.voucherify_app_token else ""
@@ -64,6 +70,7 @@ def build_client(
         timeout_s=settings.api_timeout_s,
         max_response_bytes=settings.api_max_response_bytes,
         blocked_until=blocked_until,
+        permit=permit,
     )
 
 
@@ -72,6 +79,21 @@ def route_event(specs: Mapping[str, SinkSettings], event: Event) -> list[str]:
     action_type = str(event.data.get("type") or "")
     outcome = str(event.data.get("outcome") or "")
     return [name for name, spec in specs.items() if spec.accepts(action_type=action_type, outcome=outcome)]
+
+
+def open_lease_store(settings: RelaySettings) -> tuple[LeaseStore, bool]:
+    """Return the lease store for RELAY_STATE_URL and whether cycles commit under its fence (PostgreSQL) or not (SQLite)."""
+    if settings.state_url.startswith(POSTGRES_SCHEMES):
+        from daemon.store.postgres_lease import PostgresLeaseStore  # noqa: PLC0415 - psycopg only loads for PostgreSQL
+
+        return PostgresLeaseStore(settings.state_url), True
+    return SqliteLeaseStore(), False
+
+
+def build_elector(settings: RelaySettings) -> Elector:
+    """Create this replica's side of the polling lease."""
+    store, fencing = open_lease_store(settings)
+    return Elector(store=store, holder=settings.replica_id, timing=timing_for(settings.lease_ttl.total_seconds()), fencing=fencing)
 
 
 def open_stores(settings: RelaySettings, *, mode: Literal["rwc", "rw", "ro"] = "rwc") -> Stores:
@@ -88,6 +110,7 @@ async def build_relay(
     client: VoucherifyClient | None = None,
     sinks: Mapping[str, Sink] | None = None,
     retry: RetryPolicy | None = None,
+    elector: Elector | None = None,
     auth_backoff_s: tuple[float, float] = AUTH_BACKOFF_S,
 ) -> Relay:
     """Open (or take) every adapter the relay needs and return it, not yet started.
@@ -105,11 +128,15 @@ async def build_relay(
         if session is None:
             session = aiohttp.ClientSession(raise_for_status=False)
             undo.push_async_callback(session.close)
+        if elector is None:
+            elector = build_elector(settings)
+            undo.push_async_callback(elector.close)
         if client is None:
             budget = RequestBudget(settings.api_budget_per_hour, history=await stores.calls.since(clock() - WINDOW_S))
             blocked_until = float(await stores.actions.load_meta(BLOCKED_UNTIL) or 0)
-            client = build_client(settings, session, retry=retry, budget=budget, blocked_until=blocked_until)
-        parts = _assemble(settings, clock=clock, lock=lock, stores=stores, session=session, client=client, sinks=sinks or build_sinks(settings, session))
+            client = build_client(settings, session, retry=retry, budget=budget, blocked_until=blocked_until, permit=elector.permit)
+        sinks = sinks or build_sinks(settings, session)
+        parts = _assemble(settings, clock=clock, lock=lock, stores=stores, session=session, client=client, sinks=sinks, elector=elector)
         undo.pop_all()
     return Relay(parts, auth_backoff_s=auth_backoff_s)
 
@@ -123,6 +150,7 @@ def _assemble(
     session: aiohttp.ClientSession,
     client: VoucherifyClient,
     sinks: Mapping[str, Sink],
+    elector: Elector,
 ) -> Parts:
     metrics = RelayMetrics(clock=clock)
     poller = Poller(
@@ -135,6 +163,7 @@ def _assemble(
         stuck_after=settings.stuck_after or None,
         clock=clock,
         max_event_bytes=settings.max_event_bytes,
+        fence=elector.fence,
     )
     policy = DeliveryPolicy(max_delay_s=settings.delivery_retry_max_delay, max_age_s=settings.delivery_max_age.total_seconds())
     dispatcher = Dispatcher(
@@ -151,4 +180,5 @@ def _assemble(
         poller=poller,
         dispatcher=dispatcher,
         metrics=metrics,
+        elector=elector,
     )

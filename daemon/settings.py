@@ -50,6 +50,19 @@ def parse_duration(value: object) -> object:
 
 Duration = Annotated[timedelta, BeforeValidator(parse_duration)]
 OUTCOMES = ("failure", "partial", "success", "stuck")
+_REPLICA_ID = re.compile(r"[A-Za-z0-9_.-]{1,64}")
+_REPLICA_UNSAFE = re.compile(r"[^A-Za-z0-9_.-]")
+
+
+def default_replica_id() -> str:
+    """Return ``<hostname>-<pid>`` in safe characters, clipped to fit 64 (RELAY_REPLICA_ID's default)."""
+    import socket  # noqa: PLC0415 - only needed for the default
+
+    pid = f"-{os.getpid()}"
+    host = _REPLICA_UNSAFE.sub("_", socket.gethostname())[: 64 - len(pid)] or "relay"
+    return host + pid
+
+
 _TYPE_GLOB = re.compile(r"^[A-Za-z0-9_.*?\[\]!-]+$")
 
 
@@ -196,6 +209,8 @@ class RelaySettings(BaseSettings):
     retention: Duration = Field(default=timedelta(days=7), ge=timedelta(hours=1))
     http_listen: str = "127.0.0.1:9464"
     watch_token: SecretStr | None = None
+    replica_id: str = Field(default_factory=default_replica_id)
+    lease_ttl: Duration = Field(default=timedelta(seconds=10), ge=timedelta(seconds=1), le=timedelta(minutes=5))
     log_format: Literal["json", "console", "auto"] = "auto"
     log_level: Literal["debug", "info", "warning", "error"] = "info"
 
@@ -234,6 +249,14 @@ class RelaySettings(BaseSettings):
     @classmethod
     def _lower(cls, value: object) -> object:
         return value.lower() if isinstance(value, str) else value
+
+    @field_validator("replica_id")
+    @classmethod
+    def _replica_id(cls, value: str) -> str:
+        if not _REPLICA_ID.fullmatch(value):
+            msg = "must be 1 to 64 characters of A-Z a-z 0-9 _ . - (it names the replica in logs and in the polling lease)"
+            raise ValueError(msg)
+        return value
 
     @field_validator("http_listen")
     @classmethod

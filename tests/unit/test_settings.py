@@ -8,6 +8,7 @@ the models, so a new setting without a row here fails the suite.
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -128,6 +129,13 @@ CASES = [
     bad("retention", "RELAY_RETENTION", RETENTION="1e400"),
     bad("retention", "RELAY_RETENTION", RETENTION="0s"),
     bad("retention", "RELAY_RETENTION", RETENTION="99999999999d"),
+    # replicas and the polling lease
+    bad("replica_id", "RELAY_REPLICA_ID", REPLICA_ID="relay a"),
+    bad("replica_id", "RELAY_REPLICA_ID", REPLICA_ID="r" * 65),
+    bad("replica_id", "RELAY_REPLICA_ID", REPLICA_ID="relay/1"),
+    bad("lease_ttl", "RELAY_LEASE_TTL", LEASE_TTL="500ms"),
+    bad("lease_ttl", "RELAY_LEASE_TTL", LEASE_TTL="1h"),
+    bad("lease_ttl", "RELAY_LEASE_TTL", LEASE_TTL="soon"),
     # logging
     bad("log_format", "RELAY_LOG_FORMAT", LOG_FORMAT="xml"),
     bad("log_level", "RELAY_LOG_LEVEL", LOG_LEVEL="trace"),
@@ -248,6 +256,13 @@ def test_the_base_environment_is_valid(tmp_path):
     settings = load_settings(base_env(tmp_path))
     assert list(settings.all_sinks()) == ["webhook"]
     assert load_settings({**base_env(tmp_path), **SINK}).all_sinks()["ops"].kind == "webhook"
+
+
+def test_the_default_replica_id_is_host_and_pid_in_safe_characters(tmp_path):
+    """Without RELAY_REPLICA_ID the replica is named <host>-<pid>, valid as its own setting."""
+    replica = load_settings(base_env(tmp_path)).replica_id
+    assert replica.endswith(f"-{os.getpid()}")
+    assert load_settings({**base_env(tmp_path), "RELAY_REPLICA_ID": replica}).replica_id == replica
 
 
 def test_every_setting_has_a_bad_case():
