@@ -47,7 +47,7 @@ class Parts:
 
     settings: RelaySettings
     clock: Callable[[], float]
-    lock: InstanceLock
+    lock: InstanceLock | None  # SQLite only: one relay per file
     stores: Stores
     session: aiohttp.ClientSession
     client: VoucherifyClient
@@ -81,6 +81,7 @@ class Relay:
         self._outbox_stats: OutboxStats | None = None
         self._outbox_stats_error = "not read yet"
         self._saved_blocked_until = parts.client.blocked_until  # the client starts from the stored deadline
+        self._wake_task: asyncio.Task[None] | None = None
 
     @property
     def running(self) -> bool:
@@ -99,10 +100,26 @@ class Relay:
             for job, seconds in ((self.poll, self.settings.poll_interval), (self.dispatch, DISPATCH_INTERVAL_S), (self.prune, PRUNE_INTERVAL_S)):
                 self._scheduler.add_job(self._guard(job), "interval", seconds=seconds, id=job.__name__, next_run_time=now)
             self._scheduler.start()
+            self._start_wake()
         except BaseException:
             await self._close()
             raise
         _log_started(self._parts, first_run=(await self.stores.actions.load_cursor()).first_run)
+
+    def _start_wake(self) -> None:
+        """Kick the dispatcher whenever the store says rows were enqueued (PostgreSQL's NOTIFY); the 1 s tick stays the fallback."""
+        wake = self.stores.wake
+        if wake is None:
+            return
+
+        async def follow() -> None:
+            while True:
+                await wake.wait()
+                wake.clear()
+                if not self._stopping:
+                    self.dispatcher.kick()
+
+        self._wake_task = asyncio.create_task(follow(), name="outbox-wake")
 
     async def _start_health(self) -> None:
         address = parse_listen(self.settings.http_listen)
@@ -284,12 +301,16 @@ class Relay:
         log.info("relay.stopped")
 
     async def _close(self) -> None:
+        if self._wake_task is not None:
+            self._wake_task.cancel()
+            self._wake_task = None
         if self._health is not None:
             await self._health.close()
             self._health = None
         await self._parts.session.close()
         await self.stores.close()
-        self._parts.lock.release()  # after the store: closing the lock's handle drops this process's locks on the file
+        if self._parts.lock is not None:
+            self._parts.lock.release()  # after the store: closing the lock's handle drops this process's locks on the file
 
 
 class StoreHealth:
@@ -324,7 +345,7 @@ def _log_started(parts: Parts, *, first_run: bool) -> None:
         poll_interval_s=settings.poll_interval,
         idle_poll_interval_s=settings.idle_poll_interval,
         api_budget_per_hour=settings.api_budget_per_hour,
-        state=str(settings.state_path),
+        state=settings.state_display(),
         sinks={name: sink.describe() for name, sink in parts.sinks.items()},
         first_run=first_run,
         backfill_s=settings.backfill.total_seconds() if settings.backfill else None,

@@ -74,8 +74,12 @@ def route_event(specs: Mapping[str, SinkSettings], event: Event) -> list[str]:
     return [name for name, spec in specs.items() if spec.accepts(action_type=action_type, outcome=outcome)]
 
 
-def open_stores(settings: RelaySettings, *, mode: Literal["rwc", "rw", "ro"] = "rwc") -> Stores:
-    """Open the state database named by RELAY_STATE_URL (``ro``/``rw``: only an existing one)."""
+async def open_stores(settings: RelaySettings, *, mode: Literal["rwc", "rw", "ro"] = "rwc", listen: bool = False) -> Stores:
+    """Open the state database named by RELAY_STATE_URL (``ro``/``rw``: only an existing one; ``listen``: PostgreSQL's outbox wake)."""
+    if settings.state_kind == "postgres":
+        from daemon.store.postgres import open_postgres  # noqa: PLC0415 - SQLite users never load the driver
+
+        return await open_postgres(settings.state_url, listen=listen, migrate=mode == "rwc")
     return open_sqlite(settings.state_path, mode=mode)
 
 
@@ -96,11 +100,13 @@ async def build_relay(
     opened here is closed again before the error propagates.
     """
     async with AsyncExitStack() as undo:
-        lock = InstanceLock(settings.state_path)
-        lock.acquire()
-        undo.callback(lock.release)
+        lock = None
+        if settings.state_kind == "sqlite":  # PostgreSQL replicas share the database by design
+            lock = InstanceLock(settings.state_path)
+            lock.acquire()
+            undo.callback(lock.release)
         if stores is None:
-            stores = open_stores(settings)
+            stores = await open_stores(settings, listen=True)
             undo.push_async_callback(stores.close)
         if session is None:
             session = aiohttp.ClientSession(raise_for_status=False)
@@ -118,7 +124,7 @@ def _assemble(
     settings: RelaySettings,
     *,
     clock: Callable[[], float],
-    lock: InstanceLock,
+    lock: InstanceLock | None,
     stores: Stores,
     session: aiohttp.ClientSession,
     client: VoucherifyClient,
