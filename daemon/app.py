@@ -50,7 +50,7 @@ class Parts:
 
     settings: RelaySettings
     clock: Callable[[], float]
-    lock: InstanceLock
+    lock: InstanceLock | None  # SQLite only: one relay per file
     stores: Stores
     session: aiohttp.ClientSession
     client: VoucherifyClient
@@ -87,6 +87,7 @@ class Relay:
         self._saved_blocked_until = parts.client.blocked_until  # the client starts from the stored deadline
         self.elector = parts.elector
         self._leading: asyncio.Task[None] | None = None
+        self._wake_task: asyncio.Task[None] | None = None
 
     @property
     def running(self) -> bool:
@@ -107,10 +108,26 @@ class Relay:
             self._scheduler.start()
             self.metrics.set_leadership(leader=False, term=None)
             self._leading = asyncio.create_task(self._lead(), name="lease")
+            self._start_wake()
         except BaseException:
             await self._close()
             raise
         _log_started(self._parts, first_run=(await self.stores.actions.load_cursor()).first_run)
+
+    def _start_wake(self) -> None:
+        """Kick the dispatcher whenever the store says rows were enqueued (PostgreSQL's NOTIFY); the 1 s tick stays the fallback."""
+        wake = self.stores.wake
+        if wake is None:
+            return
+
+        async def follow() -> None:
+            while True:
+                await wake.wait()
+                wake.clear()
+                if not self._stopping:
+                    self.dispatcher.kick()
+
+        self._wake_task = asyncio.create_task(follow(), name="outbox-wake")
 
     async def _start_health(self) -> None:
         address = parse_listen(self.settings.http_listen)
@@ -346,13 +363,17 @@ class Relay:
             log.info("lease.released", replica=self.elector.holder, term=term)
 
     async def _close(self) -> None:
+        if self._wake_task is not None:
+            self._wake_task.cancel()
+            self._wake_task = None
         if self._health is not None:
             await self._health.close()
             self._health = None
         await self._parts.session.close()
         await self.elector.close()
         await self.stores.close()
-        self._parts.lock.release()  # after the store: closing the lock's handle drops this process's locks on the file
+        if self._parts.lock is not None:
+            self._parts.lock.release()  # after the store: closing the lock's handle drops this process's locks on the file
 
 
 def _log_started(parts: Parts, *, first_run: bool) -> None:
@@ -364,7 +385,7 @@ def _log_started(parts: Parts, *, first_run: bool) -> None:
         poll_interval_s=settings.poll_interval,
         idle_poll_interval_s=settings.idle_poll_interval,
         api_budget_per_hour=settings.api_budget_per_hour,
-        state=str(settings.state_path),
+        state=settings.state_display(),
         sinks={name: sink.describe() for name, sink in parts.sinks.items()},
         first_run=first_run,
         backfill_s=settings.backfill.total_seconds() if settings.backfill else None,

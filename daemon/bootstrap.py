@@ -35,8 +35,6 @@ from daemon.store import Stores
 from daemon.store.sqlite import open_sqlite
 from daemon.voucherify import RetryPolicy, VoucherifyClient
 
-POSTGRES_SCHEMES = ("postgresql://", "postgres://")
-
 
 def build_sinks(settings: RelaySettings, session: aiohttp.ClientSession) -> dict[str, Sink]:
     """Create one adapter per configured sink."""
@@ -83,7 +81,7 @@ def route_event(specs: Mapping[str, SinkSettings], event: Event) -> list[str]:
 
 def open_lease_store(settings: RelaySettings) -> tuple[LeaseStore, bool]:
     """Return the lease store for RELAY_STATE_URL and whether cycles commit under its fence (PostgreSQL) or not (SQLite)."""
-    if settings.state_url.startswith(POSTGRES_SCHEMES):
+    if settings.state_kind == "postgres":
         from daemon.store.postgres_lease import PostgresLeaseStore  # noqa: PLC0415 - psycopg only loads for PostgreSQL
 
         return PostgresLeaseStore(settings.state_url), True
@@ -96,8 +94,12 @@ def build_elector(settings: RelaySettings) -> Elector:
     return Elector(store=store, holder=settings.replica_id, timing=timing_for(settings.lease_ttl.total_seconds()), fencing=fencing)
 
 
-def open_stores(settings: RelaySettings, *, mode: Literal["rwc", "rw", "ro"] = "rwc") -> Stores:
-    """Open the state database named by RELAY_STATE_URL (``ro``/``rw``: only an existing one)."""
+async def open_stores(settings: RelaySettings, *, mode: Literal["rwc", "rw", "ro"] = "rwc", listen: bool = False) -> Stores:
+    """Open the state database named by RELAY_STATE_URL (``ro``/``rw``: only an existing one; ``listen``: PostgreSQL's outbox wake)."""
+    if settings.state_kind == "postgres":
+        from daemon.store.postgres import open_postgres  # noqa: PLC0415 - SQLite users never load the driver
+
+        return await open_postgres(settings.state_url, listen=listen, migrate=mode == "rwc")
     return open_sqlite(settings.state_path, mode=mode)
 
 
@@ -119,11 +121,13 @@ async def build_relay(
     opened here is closed again before the error propagates.
     """
     async with AsyncExitStack() as undo:
-        lock = InstanceLock(settings.state_path)
-        lock.acquire()
-        undo.callback(lock.release)
+        lock = None
+        if settings.state_kind == "sqlite":  # PostgreSQL replicas share the database by design
+            lock = InstanceLock(settings.state_path)
+            lock.acquire()
+            undo.callback(lock.release)
         if stores is None:
-            stores = open_stores(settings)
+            stores = await open_stores(settings, listen=True)
             undo.push_async_callback(stores.close)
         if session is None:
             session = aiohttp.ClientSession(raise_for_status=False)
@@ -145,7 +149,7 @@ def _assemble(
     settings: RelaySettings,
     *,
     clock: Callable[[], float],
-    lock: InstanceLock,
+    lock: InstanceLock | None,
     stores: Stores,
     session: aiohttp.ClientSession,
     client: VoucherifyClient,

@@ -18,7 +18,8 @@ The tree::
         └── BadResponseError     a body that is not the JSON we expect (malformed, truncated,
                                  larger than RELAY_API_MAX_RESPONSE_BYTES, nested too deeply)
 
-Messages never contain a secret: they name the endpoint path, never headers or tokens.
+Messages never contain a secret: they name the endpoint path, never headers or tokens,
+and a database by user, host, port and name, never its password.
 """
 
 from __future__ import annotations

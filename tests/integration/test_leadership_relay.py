@@ -29,11 +29,11 @@ TTL_S = 2.0
 
 
 @pytest.fixture(scope="module")
-def lease_db(pg_module_url):
+def lease_db(pg_database):
     """Create the lease table in this module's database."""
-    with psycopg.connect(pg_module_url, autocommit=True) as conn:
+    with psycopg.connect(pg_database, autocommit=True) as conn:
         conn.execute(LEASE_TABLE)
-    return pg_module_url
+    return pg_database
 
 
 @pytest.fixture

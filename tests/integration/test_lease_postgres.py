@@ -20,11 +20,11 @@ CREATE TABLE IF NOT EXISTS relay_lease (
 
 
 @pytest.fixture(scope="module")
-def pg_lease_url(pg_module_url):
+def pg_lease_url(pg_database):
     """Create the lease table in this module's database (each test uses its own lease name)."""
-    with psycopg.connect(pg_module_url, autocommit=True) as conn:
+    with psycopg.connect(pg_database, autocommit=True) as conn:
         conn.execute(LEASE_TABLE)
-    return pg_module_url
+    return pg_database
 
 
 @pytest.fixture

@@ -86,7 +86,9 @@ CASES = [
     bad("idle_poll_interval", "RELAY_IDLE_POLL_INTERVAL", IDLE_POLL_INTERVAL="slow"),
     bad("idle_poll_interval", "RELAY_IDLE_POLL_INTERVAL", IDLE_POLL_INTERVAL="0"),
     bad("idle_poll_interval", "RELAY_IDLE_POLL_INTERVAL", POLL_INTERVAL="60", IDLE_POLL_INTERVAL="30"),  # faster than the fast pace
-    bad("state_url", "RELAY_STATE_URL", STATE_URL="postgres://db/relay"),
+    bad("state_url", "RELAY_STATE_URL", STATE_URL="mysql://db/relay"),
+    bad("state_url", "RELAY_STATE_URL", STATE_URL="postgresql://relay:pg-Passw0rd-9f3c@db:notaport/relay"),
+    bad("state_url", "RELAY_STATE_URL", STATE_URL="postgres://relay:pg-Passw0rd-9f3c@db/relay?sslmod=require"),
     bad("state_url", "RELAY_STATE_URL", STATE_URL="sqlite:///"),
     bad("state_url", "RELAY_STATE_URL", STATE_URL="./relay.db"),
     bad("backfill", "RELAY_BACKFILL", BACKFILL="yesterday"),
@@ -229,6 +231,45 @@ def test_bad_environment_is_refused_naming_the_variable(case, tmp_path):
     assert "\n" not in str(error)
     for secret in (APP_TOKEN, WEBHOOK_SECRET, WEBHOOK_SECRET.removeprefix("whsec_"), SLACK_URL):
         assert secret not in str(error)
+
+
+@pytest.mark.parametrize(
+    "url",
+    [
+        "postgresql://relay:pg-Passw0rd-9f3c@db:notaport/relay",
+        "postgres://relay:pg-Passw0rd-9f3c@db/relay?sslmod=require",
+        "postgresql://relay@db/relay?password=pg-Passw0rd-9f3c&bogus=1",
+    ],
+)
+def test_a_bad_postgres_url_is_refused_without_its_password(url, tmp_path):
+    """A PostgreSQL URL libpq cannot use is a ConfigError naming RELAY_STATE_URL and the problem, never the password."""
+    with pytest.raises(ConfigError) as caught:
+        load_settings({**base_env(tmp_path), "RELAY_STATE_URL": url})
+    assert caught.value.variable == "RELAY_STATE_URL"
+    assert "pg-Passw0rd-9f3c" not in str(caught.value)
+
+
+@pytest.mark.parametrize(
+    ("url", "shown"),
+    [
+        ("postgresql://relay:pg-Passw0rd-9f3c@db.internal:5433/relay?sslmode=require", "postgresql://relay@db.internal:5433/relay"),
+        ("postgres://db/relay", "postgresql://db/relay"),
+        ("postgresql://relay@db/relay?password=pg-Passw0rd-9f3c", "postgresql://relay@db/relay"),
+    ],
+)
+def test_a_postgres_url_selects_postgres_and_is_shown_without_its_password(url, shown, tmp_path):
+    """postgresql:// and postgres:// URLs select the PostgreSQL store; they are shown without password or query, and the password is redacted in logs."""
+    settings = load_settings({**base_env(tmp_path), "RELAY_STATE_URL": url})
+    assert (settings.state_kind, settings.state_display()) == ("postgres", shown)
+    assert ("pg-Passw0rd-9f3c" in settings.secret_values()) == ("pg-Passw0rd-9f3c" in url)
+
+
+def test_the_state_url_may_come_from_a_file(tmp_path):
+    """RELAY_STATE_URL_FILE holds the URL (and its password) like every other secret file."""
+    secret = tmp_path / "state-url"
+    secret.write_text("postgresql://relay:pg-Passw0rd-9f3c@db/relay\n")
+    settings = load_settings({**base_env(tmp_path), "RELAY_STATE_URL_FILE": str(secret)})
+    assert settings.state_display() == "postgresql://relay@db/relay"
 
 
 @pytest.mark.parametrize(
