@@ -20,8 +20,10 @@ from apscheduler.schedulers.asyncio import AsyncIOScheduler
 
 from daemon.budget import WINDOW_S
 from daemon.cadence import Cadence
-from daemon.errors import AuthError, BudgetExhaustedError, RateLimitedError, StoreError, VoucherifyError
+from daemon.elector import Elector
+from daemon.errors import AuthError, BudgetExhaustedError, LeaseLostError, RateLimitedError, StoreError, VoucherifyError
 from daemon.health import HealthServer
+from daemon.leadership import Change
 from daemon.lock import InstanceLock
 from daemon.metrics import RelayMetrics, failure_reason
 from daemon.model import ActionSnapshot
@@ -29,10 +31,11 @@ from daemon.monthly import billing_cycle, counter_for, idle_interval_s, used_in
 from daemon.outbox import Dispatcher
 from daemon.pacing import AUTH_BACKOFF_S, CycleFacts, Pacing, auth_refused, deferred, started, succeeded, woken
 from daemon.poller import Poller, PollReport
-from daemon.readiness import liveness, readiness
+from daemon.readiness import follower_readiness, liveness, readiness
 from daemon.settings import RelaySettings
 from daemon.sinks import LiveSink, Sink
 from daemon.store import OutboxStats, Stores
+from daemon.store_health import StoreHealth
 from daemon.urls import parse_listen
 from daemon.voucherify import VoucherifyClient
 
@@ -50,7 +53,7 @@ class Parts:
 
     settings: RelaySettings
     clock: Callable[[], float]
-    lock: InstanceLock
+    lock: InstanceLock | None  # SQLite only: one relay per file
     stores: Stores
     session: aiohttp.ClientSession
     client: VoucherifyClient
@@ -58,6 +61,7 @@ class Parts:
     poller: Poller
     dispatcher: Dispatcher
     metrics: RelayMetrics
+    elector: Elector
     live_sinks: tuple[LiveSink, ...] = ()  # sinks showing progress between events (Slack app)
 
 
@@ -86,6 +90,9 @@ class Relay:
         self._outbox_stats_error = "not read yet"
         self._saved_blocked_until = parts.client.blocked_until  # the client starts from the stored deadline
         self._progress: asyncio.Future[None] | None = None
+        self.elector = parts.elector
+        self._leading: asyncio.Task[None] | None = None
+        self._wake_task: asyncio.Task[None] | None = None
 
     @property
     def running(self) -> bool:
@@ -104,10 +111,28 @@ class Relay:
             for job, seconds in ((self.poll, self.settings.poll_interval), (self.dispatch, DISPATCH_INTERVAL_S), (self.prune, PRUNE_INTERVAL_S)):
                 self._scheduler.add_job(self._guard(job), "interval", seconds=seconds, id=job.__name__, next_run_time=now)
             self._scheduler.start()
+            self.metrics.set_leadership(leader=False, term=None)
+            self._leading = asyncio.create_task(self._lead(), name="lease")
+            self._start_wake()
         except BaseException:
             await self._close()
             raise
         _log_started(self._parts, first_run=(await self.stores.actions.load_cursor()).first_run)
+
+    def _start_wake(self) -> None:
+        """Kick the dispatcher whenever the store says rows were enqueued (PostgreSQL's NOTIFY); the 1 s tick stays the fallback."""
+        wake = self.stores.wake
+        if wake is None:
+            return
+
+        async def follow() -> None:
+            while True:
+                await wake.wait()
+                wake.clear()
+                if not self._stopping:
+                    self.dispatcher.kick()
+
+        self._wake_task = asyncio.create_task(follow(), name="outbox-wake")
 
     async def _start_health(self) -> None:
         address = parse_listen(self.settings.http_listen)
@@ -126,7 +151,14 @@ class Relay:
         return liveness(self._last_tick, now=time.monotonic(), scheduler_running=self.running, poll_started_at=self._poll_started)
 
     def ready(self) -> tuple[bool, str]:
-        """Whether a poll succeeded recently, the keys are accepted and the state database works (for /readyz)."""
+        """Whether a poll succeeded recently, the keys are accepted and the state database works (for /readyz).
+
+        A follower polls nothing: it is ready while its lease attempts reach the database.
+        """
+        if self.elector.standing.term is None:
+            ok_at = self.elector.last_ok_at
+            age_s = None if ok_at is None else time.monotonic() - ok_at
+            return follower_readiness(age_s, max_age_s=self.elector.timing.ttl_s, lease_error=self.elector.last_error, stopping=self._stopping)
         return readiness(
             self.last_poll_ok_at,
             now=self._clock(),
@@ -155,7 +187,7 @@ class Relay:
     async def poll(self) -> None:
         """Run one poll cycle; log its outcome; pace the next one; never raise."""
         now = self._clock()
-        if not self.pacing.may_poll(now) or self._store_health.file_gone():
+        if not self.elector.trusted() or not self.pacing.may_poll(now) or self._store_health.file_gone():
             return
         self._poll_started = t0 = time.monotonic()
         self.pacing = started(self.pacing, now=now)
@@ -215,6 +247,8 @@ class Relay:
             log.warning("poll.deferred", caused_by=str(exc), resume_in_s=round(exc.retry_at - now, 1))
         elif isinstance(exc, VoucherifyError):
             log.warning("poll.failed", caused_by=str(exc), hint="retried next cycle")
+        elif isinstance(exc, LeaseLostError):
+            log.warning("poll.fenced", replica=self.elector.holder, caused_by=str(exc), hint="the lease passed on: this cycle's results were not committed")
         elif isinstance(exc, StoreError):
             self._store_health.write_error = str(exc)
             log.error("poll.store_failed", caused_by=str(exc))
@@ -257,6 +291,37 @@ class Relay:
         if decision.reason != before:
             _log_pace(decision.reason, decision.interval_s, client=self.client)
         self._schedule("poll", now + decision.interval_s)
+
+    async def _lead(self) -> None:
+        """Try for, renew or lose the polling lease until stopped (never raises)."""
+        while not self._stopping:
+            try:
+                await self._lease_changed(await self.elector.attempt())
+            except Exception as exc:
+                log.error("lease.crashed", exc_info=exc)
+            await asyncio.sleep(self.elector.pause_s())
+
+    async def _lease_changed(self, change: Change) -> None:
+        replica = self.elector.holder
+        if change.kind == "acquired":
+            log.info("lease.acquired", replica=replica, term=change.term)
+            await self._resume_shared_limits()
+            self._schedule("poll", self._clock())
+        elif change.kind == "lost":
+            log.warning("lease.lost", replica=replica, term=change.term, reason=change.reason, caused_by=self.elector.last_error)
+        self.metrics.set_leadership(leader=self.elector.standing.term is not None, term=change.term)
+
+    async def _resume_shared_limits(self) -> None:
+        """Start from the shared request log and Retry-After, so the hourly budget holds across replicas."""
+        try:
+            now = self._clock()
+            history = await self.stores.calls.since(now - WINDOW_S)
+            blocked_until = float(await self.stores.actions.load_meta(BLOCKED_UNTIL) or 0)
+        except StoreError as exc:
+            log.error("lease.resume_failed", caused_by=str(exc), hint="polls wait until the state database answers")
+            return
+        self.client.resume(history=history, blocked_until=blocked_until)
+        self._saved_blocked_until = self.client.blocked_until
 
     def watch(self, action_id: str) -> None:
         """Your application just started ``action_id``: poll soon and stay fast while it runs (wakes coalesce)."""
@@ -311,11 +376,14 @@ class Relay:
         if self._scheduler.running:
             self._scheduler.shutdown(wait=False)
         sends = asyncio.create_task(self.dispatcher.stop(grace_s=grace_s))
+        if self._leading is not None:
+            self._leading.cancel()
         running = [t for t in self._tasks if not t.done()]
         if running:
             _, pending = await asyncio.wait(running, timeout=grace_s)
             for task in pending:
                 task.cancel()
+        await self._release_lease()
         cut = await sends
         if cut:
             log.warning("relay.shutdown_cut", sends=cut, grace_s=grace_s, hint="sends unanswered within the grace period stay due and are sent again")
@@ -325,37 +393,29 @@ class Relay:
         await self._close()
         log.info("relay.stopped")
 
+    async def _release_lease(self) -> None:
+        """Hand the lease over now (a rolling update takes seconds, not a TTL)."""
+        try:
+            term = await self.elector.release()
+        except StoreError as exc:
+            log.warning("lease.release_failed", caused_by=str(exc), hint="another replica takes over when the lease expires")
+            return
+        self.metrics.set_leadership(leader=False, term=term)
+        if term is not None:
+            log.info("lease.released", replica=self.elector.holder, term=term)
+
     async def _close(self) -> None:
+        if self._wake_task is not None:
+            self._wake_task.cancel()
+            self._wake_task = None
         if self._health is not None:
             await self._health.close()
             self._health = None
         await self._parts.session.close()
+        await self.elector.close()
         await self.stores.close()
-        self._parts.lock.release()  # after the store: closing the lock's handle drops this process's locks on the file
-
-
-class StoreHealth:
-    """Whether the state database still works: its file is the one opened, and writes succeed."""
-
-    def __init__(self, stores: Stores, dispatcher: Dispatcher) -> None:
-        self._stores = stores
-        self._dispatcher = dispatcher
-        self._file_problem: str | None = None
-        self.write_error: str | None = None  # the last poll commit's failure, cleared by the next success
-
-    def problem(self) -> str | None:
-        """Return why the store does not work, or None."""
-        if self.file_gone():
-            return f"{self._file_problem}; polling and deliveries stopped: restore it or restart the relay"
-        cause = self.write_error or self._dispatcher.store_failure()
-        return None if cause is None else f"cannot write the state database ({cause})"
-
-    def file_gone(self) -> bool:
-        """Whether the database file was deleted or replaced under us (logged once; it stays so until restart)."""
-        if self._file_problem is None and (problem := self._stores.file_problem()) is not None:
-            self._file_problem = problem
-            log.error("store.file_replaced", path=self._stores.location, problem=problem, hint="polling and deliveries stop; restart the relay")
-        return self._file_problem is not None
+        if self._parts.lock is not None:
+            self._parts.lock.release()  # after the store: closing the lock's handle drops this process's locks on the file
 
 
 def cadence_for(settings: RelaySettings) -> Cadence:
@@ -375,13 +435,14 @@ def _log_started(parts: Parts, *, first_run: bool) -> None:
     settings = parts.settings
     log.info(
         "relay.started",
+        replica=settings.replica_id,
         api_url=settings.voucherify_api_url,
         poll_interval_s=settings.poll_interval,
         idle_poll_interval_s=settings.idle_poll_interval,
         api_budget_per_hour=settings.api_budget_per_hour,
         api_budget_per_month=settings.api_budget_per_month,
         pacing=settings.pacing,
-        state=str(settings.state_path),
+        state=settings.state_display(),
         sinks={name: sink.describe() for name, sink in parts.sinks.items()},
         first_run=first_run,
         backfill_s=settings.backfill.total_seconds() if settings.backfill else None,

@@ -18,6 +18,9 @@ import aiohttp
 from daemon.app import BLOCKED_UNTIL, Parts, Relay
 from daemon.budget import WINDOW_S, RequestBudget
 from daemon.delivery_policy import DeliveryPolicy
+from daemon.elector import Elector
+from daemon.leadership import timing_for
+from daemon.lease import LeaseStore, SqliteLeaseStore
 from daemon.lock import InstanceLock
 from daemon.metrics import RelayMetrics
 from daemon.model import Event
@@ -56,6 +59,7 @@ def build_client(
     retry: RetryPolicy | None = None,
     budget: RequestBudget | None = None,
     blocked_until: float = 0.0,
+    permit: Callable[[], None] = lambda: None,
 ) -> VoucherifyClient:
     """Create the Voucherify client the settings describe."""
     token = settings.voucherify_app_token.get_secret_value() if settings.voucherify_app_token else ""
@@ -69,6 +73,7 @@ def build_client(
         timeout_s=settings.api_timeout_s,
         max_response_bytes=settings.api_max_response_bytes,
         blocked_until=blocked_until,
+        permit=permit,
     )
 
 
@@ -80,8 +85,27 @@ def route_event(specs: Mapping[str, SinkSettings], event: Event) -> list[str]:
     return [name for name, spec in specs.items() if spec.accepts(action_type=action_type, outcome=outcome, event=kind)]
 
 
-def open_stores(settings: RelaySettings, *, mode: Literal["rwc", "rw", "ro"] = "rwc") -> Stores:
-    """Open the state database named by RELAY_STATE_URL (``ro``/``rw``: only an existing one)."""
+def open_lease_store(settings: RelaySettings) -> tuple[LeaseStore, bool]:
+    """Return the lease store for RELAY_STATE_URL and whether cycles commit under its fence (PostgreSQL) or not (SQLite)."""
+    if settings.state_kind == "postgres":
+        from daemon.store.postgres_lease import PostgresLeaseStore  # noqa: PLC0415 - psycopg only loads for PostgreSQL
+
+        return PostgresLeaseStore(settings.state_url), True
+    return SqliteLeaseStore(), False
+
+
+def build_elector(settings: RelaySettings) -> Elector:
+    """Create this replica's side of the polling lease."""
+    store, fencing = open_lease_store(settings)
+    return Elector(store=store, holder=settings.replica_id, timing=timing_for(settings.lease_ttl.total_seconds()), fencing=fencing)
+
+
+async def open_stores(settings: RelaySettings, *, mode: Literal["rwc", "rw", "ro"] = "rwc", listen: bool = False) -> Stores:
+    """Open the state database named by RELAY_STATE_URL (``ro``/``rw``: only an existing one; ``listen``: PostgreSQL's outbox wake)."""
+    if settings.state_kind == "postgres":
+        from daemon.store.postgres import open_postgres  # noqa: PLC0415 - SQLite users never load the driver
+
+        return await open_postgres(settings.state_url, listen=listen, migrate=mode == "rwc")
     return open_sqlite(settings.state_path, mode=mode)
 
 
@@ -94,6 +118,7 @@ async def build_relay(
     client: VoucherifyClient | None = None,
     sinks: Mapping[str, Sink] | None = None,
     retry: RetryPolicy | None = None,
+    elector: Elector | None = None,
     auth_backoff_s: tuple[float, float] = AUTH_BACKOFF_S,
 ) -> Relay:
     """Open (or take) every adapter the relay needs and return it, not yet started.
@@ -102,21 +127,26 @@ async def build_relay(
     opened here is closed again before the error propagates.
     """
     async with AsyncExitStack() as undo:
-        lock = InstanceLock(settings.state_path)
-        lock.acquire()
-        undo.callback(lock.release)
+        lock = None
+        if settings.state_kind == "sqlite":  # PostgreSQL replicas share the database by design
+            lock = InstanceLock(settings.state_path)
+            lock.acquire()
+            undo.callback(lock.release)
         if stores is None:
-            stores = open_stores(settings)
+            stores = await open_stores(settings, listen=True)
             undo.push_async_callback(stores.close)
         if session is None:
             session = aiohttp.ClientSession(raise_for_status=False)
             undo.push_async_callback(session.close)
+        if elector is None:
+            elector = build_elector(settings)
+            undo.push_async_callback(elector.close)
         if client is None:
             budget = RequestBudget(settings.api_budget_per_hour, history=await stores.calls.since(clock() - WINDOW_S))
             blocked_until = float(await stores.actions.load_meta(BLOCKED_UNTIL) or 0)
-            client = build_client(settings, session, retry=retry, budget=budget, blocked_until=blocked_until)
+            client = build_client(settings, session, retry=retry, budget=budget, blocked_until=blocked_until, permit=elector.permit)
         sinks = sinks or build_sinks(settings, session, messages=stores.messages, clock=clock)
-        parts = _assemble(settings, clock=clock, lock=lock, stores=stores, session=session, client=client, sinks=sinks)
+        parts = _assemble(settings, clock=clock, lock=lock, stores=stores, session=session, client=client, sinks=sinks, elector=elector)
         undo.pop_all()
     return Relay(parts, auth_backoff_s=auth_backoff_s)
 
@@ -125,11 +155,12 @@ def _assemble(
     settings: RelaySettings,
     *,
     clock: Callable[[], float],
-    lock: InstanceLock,
+    lock: InstanceLock | None,
     stores: Stores,
     session: aiohttp.ClientSession,
     client: VoucherifyClient,
     sinks: Mapping[str, Sink],
+    elector: Elector,
 ) -> Parts:
     metrics = RelayMetrics(clock=clock)
     poller = Poller(
@@ -142,6 +173,7 @@ def _assemble(
         stuck_after=settings.stuck_after or None,
         clock=clock,
         max_event_bytes=settings.max_event_bytes,
+        fence=elector.fence,
     )
     policy = DeliveryPolicy(max_delay_s=settings.delivery_retry_max_delay, max_age_s=settings.delivery_max_age.total_seconds())
     dispatcher = Dispatcher(
@@ -158,5 +190,6 @@ def _assemble(
         poller=poller,
         dispatcher=dispatcher,
         metrics=metrics,
+        elector=elector,
         live_sinks=tuple(s for s in sinks.values() if isinstance(s, SlackAppSink)),
     )

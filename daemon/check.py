@@ -7,9 +7,9 @@ import time
 import aiohttp
 
 from daemon.app import cadence_for
-from daemon.bootstrap import build_client, build_sinks
+from daemon.bootstrap import build_client, build_sinks, open_stores
 from daemon.cadence import Cadence, estimate_cost, plan_report
-from daemon.errors import AuthError, ConfigError, RedirectError, VoucherifyError
+from daemon.errors import AuthError, ConfigError, RedirectError, StoreError, VoucherifyError
 from daemon.monthly import billing_cycle, expected_detection_s, idle_interval_s
 from daemon.settings import RelaySettings
 from daemon.sinks.slack_app import SlackAppSink
@@ -20,13 +20,16 @@ EX_CONFIG = 78  # refused credentials are a configuration error, like cli.EX_CON
 
 async def run_check(settings: RelaySettings) -> int:
     """Print what the relay would do and whether Voucherify accepts the keys; return the exit status."""
-    print(f"configuration: ok (state {settings.state_path}; poll every {settings.poll_interval:g}s while busy, {settings.idle_poll_interval:g}s when idle)")
+    pace = f"poll every {settings.poll_interval:g}s while busy, {settings.idle_poll_interval:g}s when idle"
+    print(f"configuration: ok (state {settings.state_display()}; {pace})")
     sinks = settings.all_sinks()
     for name, sink in sinks.items():
         print(f"sink {name}: {sink.kind} {sink.display_url()}{'' if sink.kind != 'webhook' or sink.secret else ' (unsigned: set a secret)'}")
     if not sinks:
         print("sinks: none configured: `run` needs RELAY_WEBHOOK_URL or RELAY_SINKS__<NAME>__KIND/URL")
     print_cost(settings)
+    state_ok, state_line = await describe_state(settings)
+    print(state_line)
     async with aiohttp.ClientSession() as session:
         slack_status = await check_slack_apps(settings, session)
         client = build_client(settings, session, retry=RetryPolicy(max_attempts=1))
@@ -43,7 +46,7 @@ async def run_check(settings: RelaySettings) -> int:
             return 1
     remaining = "" if client.rate_limit_remaining is None else f"; {client.rate_limit_remaining} requests left in the current rate-limit period"
     print(f"voucherify: ok ({settings.voucherify_api_url} accepted the keys; {len(page.actions)} recent action(s) visible{remaining})")
-    return slack_status if sinks else 1
+    return (slack_status or (0 if state_ok else 1)) if sinks else 1
 
 
 async def check_slack_apps(settings: RelaySettings, session: aiohttp.ClientSession) -> int:
@@ -56,6 +59,26 @@ async def check_slack_apps(settings: RelaySettings, session: aiohttp.ClientSessi
             print(f"sink {name}: {'ok' if ok else 'FAILED' if ok is False else 'note'}: {line}")
             status = EX_CONFIG if ok is False else status
     return status
+
+
+async def describe_state(settings: RelaySettings) -> tuple[bool, str]:
+    """Say whether the state database is reachable and at which schema version (changing nothing)."""
+    where = settings.state_display()
+    if settings.state_kind == "sqlite" and not settings.state_path.exists():
+        return True, f"state: {where} does not exist yet; the relay creates it on its first run"
+    try:
+        stores = await open_stores(settings, mode="ro")
+    except StoreError as exc:
+        if settings.state_kind == "postgres" and "no relay tables yet" in str(exc):
+            return True, f"state: ok ({where} is reachable; no relay tables yet: the relay creates them on its first run)"
+        return False, f"state: FAILED: {exc}"
+    try:
+        version = await stores.schema_version()
+    except StoreError as exc:
+        return False, f"state: FAILED: {exc}"
+    finally:
+        await stores.close()
+    return True, f"state: ok ({where} reachable, schema version {version})"
 
 
 def print_cost(settings: RelaySettings) -> None:

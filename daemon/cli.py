@@ -132,9 +132,9 @@ def _outbox_replay(*, row_id: int | None, dead: bool) -> int:
 
 
 async def _read_outbox(*, dead: bool, limit: int) -> list[OutboxRow]:
-    from daemon.store.sqlite import open_sqlite  # noqa: PLC0415
+    from daemon.bootstrap import open_stores  # noqa: PLC0415
 
-    stores = open_sqlite(_settings(require_api=False, require_sink=False).state_path, mode="ro")
+    stores = await open_stores(_settings(require_api=False, require_sink=False), mode="ro")
     try:
         return await stores.outbox.list(dead=dead, limit=limit)
     finally:
@@ -142,9 +142,9 @@ async def _read_outbox(*, dead: bool, limit: int) -> list[OutboxRow]:
 
 
 async def _replay_outbox(row_id: int | None) -> int:
-    from daemon.store.sqlite import open_sqlite  # noqa: PLC0415
+    from daemon.bootstrap import open_stores  # noqa: PLC0415
 
-    stores = open_sqlite(_settings(require_api=False, require_sink=False).state_path, mode="rw")
+    stores = await open_stores(_settings(require_api=False, require_sink=False), mode="rw")
     try:
         return await stores.outbox.replay(row_id, now=time.time())
     finally:

@@ -5,6 +5,7 @@ The tree::
     RelayError
     ├── ConfigError              bad environment; the CLI exits 78 and names the variable
     ├── StoreError               the state database cannot be opened, read or written
+    │   └── LeaseLostError       this replica no longer holds the polling lease (fencing)
     └── VoucherifyError          anything that went wrong talking to Voucherify
         ├── AuthError            401/403: wrong keys or wrong cluster; never retried
         ├── NotFoundError        404 for an action id
@@ -17,7 +18,8 @@ The tree::
         └── BadResponseError     a body that is not the JSON we expect (malformed, truncated,
                                  larger than RELAY_API_MAX_RESPONSE_BYTES, nested too deeply)
 
-Messages never contain a secret: they name the endpoint path, never headers or tokens.
+Messages never contain a secret: they name the endpoint path, never headers or tokens,
+and a database by user, host, port and name, never its password.
 """
 
 from __future__ import annotations
@@ -38,6 +40,10 @@ class ConfigError(RelayError):
 
 class StoreError(RelayError):
     """The state database failed."""
+
+
+class LeaseLostError(StoreError):
+    """The replica's polling lease ran out or passed to another: no request, no commit."""
 
 
 class VoucherifyError(RelayError):

@@ -25,7 +25,7 @@ from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.exposition import generate_latest
 
 from daemon import __version__
-from daemon.errors import AuthError, BudgetExhaustedError, RateLimitedError, StoreError, VoucherifyError
+from daemon.errors import AuthError, BudgetExhaustedError, LeaseLostError, RateLimitedError, StoreError, VoucherifyError
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Iterable, Iterator
@@ -35,7 +35,7 @@ if TYPE_CHECKING:
 
 PREFIX = "voucherify_relay"
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"  # what generate_latest() writes
-POLL_FAILURE_REASONS = ("auth", "rate_limited", "budget", "api_error", "store_error", "crashed")
+POLL_FAILURE_REASONS = ("auth", "rate_limited", "budget", "api_error", "lease_lost", "store_error", "crashed")
 POLL_OUTCOMES = ("success", *POLL_FAILURE_REASONS)
 DELIVERY_RESULTS = ("delivered", "retry", "gone", "rejected", "expired", "unconfigured")
 POLL_BUCKETS_S = (0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0)
@@ -51,6 +51,7 @@ def failure_reason(exc: BaseException) -> str:
         (RateLimitedError, "rate_limited"),
         (BudgetExhaustedError, "budget"),
         (VoucherifyError, "api_error"),
+        (LeaseLostError, "lease_lost"),
         (StoreError, "store_error"),
     ):
         if isinstance(exc, kind):
@@ -105,6 +106,8 @@ class RelayMetrics:
         self.list_backlog_pages = Gauge(
             f"{PREFIX}_list_backlog_pages_owed", "Estimated list pages still owed: the window at the density of the last full page.", registry=reg
         )
+        self.leader = Gauge(f"{PREFIX}_leader", "1 on the replica that holds the polling lease, 0 elsewhere.", registry=reg)
+        self.lease_term = Gauge(f"{PREFIX}_lease_term", "The polling lease's term this replica last held (0: never held).", registry=reg)
         self.rate_limit_remaining.set(math.nan)
         for outcome in POLL_OUTCOMES:
             self.polls.labels(outcome=outcome)
@@ -120,6 +123,12 @@ class RelayMetrics:
         self.last_success.set(self._clock())
         for event in report.events:
             self.observe_event(event.type, outcome=event.data.get("outcome"), action_type=event.data.get("type"))
+
+    def set_leadership(self, *, leader: bool, term: int | None) -> None:
+        """Record whether this replica holds the polling lease, and the term it holds or last held."""
+        self.leader.set(1 if leader else 0)
+        if term is not None:
+            self.lease_term.set(term)
 
     def poll_failed(self, reason: str, *, duration_s: float | None = None) -> None:
         """Count a failed cycle; ``reason`` is one of POLL_FAILURE_REASONS (see ``failure_reason``)."""

@@ -92,6 +92,7 @@ class Delivery:
     body: bytes
     attempts: int
     created_at: float
+    claim: str | None = None  # the shared outbox's claim token (PostgreSQL); settles only with it
 
     def envelope(self) -> dict[str, Any]:
         """Decode the stored event body."""

@@ -9,6 +9,10 @@ with the same event id).
 Whether and when to try again is the tenacity policy in :mod:`daemon.delivery_policy`,
 judged against the row's persisted attempt count and age.
 
+On a shared (PostgreSQL) outbox each claimed row carries its claim token, and the answers
+are recorded with it; rows claimed but not attempted (shutting down) are released, so
+another replica sends them at once instead of after the claim expires.
+
 When the answers of a batch cannot be recorded (a full disk, say), that sink stops
 sending: its claimed rows are still pending in the database, so sending on would resend
 them every second. It keeps the answers in memory and tries to write them again with a
@@ -42,6 +46,12 @@ class _Plan:
     delivered: list[int] = field(default_factory=list)
     retries: list[tuple[int, float, str]] = field(default_factory=list)
     dead: list[tuple[int, str]] = field(default_factory=list)
+    released: list[int] = field(default_factory=list)  # claimed, not attempted: free them for other replicas
+    claims: dict[int, str] = field(default_factory=dict)
+
+    def results(self) -> AttemptResults:
+        """Return the batch's answers as the store records them."""
+        return AttemptResults(delivered=self.delivered, retries=self.retries, dead=self.dead, released=self.released, claims=self.claims)
 
 
 @dataclass(frozen=True, slots=True)
@@ -155,7 +165,7 @@ class Dispatcher:
             while not self._closing and (batch := await self._store.claim_due(now=self._clock(), limit=self._policy.batch_size, sink=name)):
                 started = time.monotonic()
                 plan = await self._attempt(sink, batch, limit)
-                if not await self._record(name, AttemptResults(delivered=plan.delivered, retries=plan.retries, dead=plan.dead)):
+                if not await self._record(name, plan.results()):
                     return
                 log.info(
                     "dispatch.batch",
@@ -176,12 +186,14 @@ class Dispatcher:
             answers = await asyncio.gather(*sends, return_exceptions=True)
         finally:
             self._sends.difference_update(sends)
-        plan, now = _Plan(), self._clock()
+        plan, now = _Plan(claims={d.row_id: d.claim for d in batch if d.claim is not None}), self._clock()
         for delivery, answer in zip(batch, answers, strict=True):
             if isinstance(answer, SendResult):
                 self._decide(delivery, answer, plan, now=now)
-            elif isinstance(answer, Exception):
+                continue
+            if isinstance(answer, Exception):
                 log.error("delivery.crashed", sink=delivery.sink, event_id=delivery.event_id, caused_by=repr(answer))
+            plan.released.append(delivery.row_id)
         return plan
 
     async def _send(self, sink: Sink, delivery: Delivery, limit: asyncio.Semaphore) -> SendResult | None:

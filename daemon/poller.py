@@ -17,13 +17,13 @@ import structlog
 
 from daemon.detail_failures import DetailFailures
 from daemon.detect import Change, diff, find_stuck, snapshot_from
-from daemon.errors import AuthError, BudgetExhaustedError, NotFoundError, RateLimitedError, VoucherifyError
+from daemon.errors import AuthError, BudgetExhaustedError, LeaseLostError, NotFoundError, RateLimitedError, VoucherifyError
 from daemon.eventsize import clip_text, fit_event
 from daemon.listing import ListPlan, ListWalker, ListWindow, backlog_window_s
 from daemon.model import ActionSnapshot, Event, format_timestamp, parse_timestamp
 from daemon.normalize import normalize, started_event, stuck_event
 from daemon.progress import Observed, observed_from
-from daemon.store import ActionStore, Cursor, CycleResult
+from daemon.store import ActionStore, Cursor, CycleResult, Fence
 from daemon.voucherify import VoucherifyClient
 
 log = structlog.get_logger("daemon.poller")
@@ -73,6 +73,7 @@ class Poller:
         clock: Callable[[], float] = time.time,
         max_event_bytes: int = MAX_EVENT_BYTES,
         detail_failures: DetailFailures | None = None,
+        fence: Callable[[], Fence | None] = lambda: None,
     ) -> None:
         self._client = client
         self._store = store
@@ -84,10 +85,12 @@ class Poller:
         self._clock = clock
         self._max_event_bytes = max_event_bytes
         self._detail_failures = detail_failures or DetailFailures()
+        self._fence = fence  # the lease term this cycle polls under; raises LeaseLostError when not held
 
     async def poll_once(self) -> PollReport:
         """Run one cycle; raise VoucherifyError if the list itself could not be read."""
         calls_before = self._client.requests_sent
+        fence = self._fence()  # taken first: a cycle read under one term must not commit under another
         cursor = await self._store.load_cursor()
         now = datetime.fromtimestamp(self._clock(), tz=UTC)
         in_flight = await self._store.in_flight()
@@ -115,7 +118,7 @@ class Poller:
             backlog=window.backlog,
             backlog_changed=window.backlog != cursor.backlog,
         )
-        await self._store.commit_cycle(result, now=self._clock())
+        await self._store.commit_cycle(result, now=self._clock(), fence=fence)
         made = tuple(event for event, _ in result.events)
         return self._report(window, cursor, current=[*listed, *owed, *rechecked], events=made, kept=len(kept), calls_before=calls_before)
 
@@ -193,7 +196,7 @@ class Poller:
             except NotFoundError:
                 log.warning("action.disappeared", action_id=action_id, hint="404 for an action we saw in flight; no event")
                 gone.append(action_id)
-            except AuthError:
+            except (AuthError, LeaseLostError):
                 raise
             except Exception as exc:  # noqa: BLE001 - a poison record affects only itself
                 log.warning("action.recheck_failed", action_id=action_id, caused_by=_why(exc))
@@ -224,7 +227,7 @@ class Poller:
         except NotFoundError:
             log.warning("action.detail_missing", action_id=change.action_id, hint="listed as finished but GET answered 404; event sent without result")
             return self._from_list(change, now=now, why="GET answered 404")
-        except AuthError:
+        except (AuthError, LeaseLostError):
             raise
         except (RateLimitedError, BudgetExhaustedError) as exc:  # the action is fine; our allowance is not
             log.warning("action.detail_deferred", action_id=change.action_id, caused_by=_why(exc), hint="retried next cycle")

@@ -45,6 +45,19 @@ def readiness(
     return True, f"last successful poll {age_s:.0f}s ago"
 
 
+def follower_readiness(lease_ok_age_s: float | None, *, max_age_s: float, lease_error: str | None, stopping: bool = False) -> tuple[bool, str]:
+    """Decide a follower's readiness: it polls nothing, so it needs a recent answered lease attempt (a database round trip)."""
+    if stopping:
+        return False, "shutting down"
+    if lease_error is not None:
+        return False, f"cannot reach the state database ({lease_error})"
+    if lease_ok_age_s is None:
+        return False, "no answer from the state database yet"
+    if lease_ok_age_s > max_age_s:
+        return False, f"last state database answer {lease_ok_age_s:.0f}s ago (limit {max_age_s:.0f}s)"
+    return True, f"follower: another replica polls; state database answered {lease_ok_age_s:.0f}s ago"
+
+
 def liveness(
     last_tick_at: float | None,
     *,

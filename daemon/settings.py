@@ -23,12 +23,36 @@ from pydantic_settings import BaseSettings, EnvSettingsSource, NoDecode, Pydanti
 from pydantic_settings.sources.utils import parse_env_vars
 
 from daemon.errors import ConfigError
-from daemon.urls import has_control_chars, parse_listen, redact_url
+from daemon.urls import POSTGRES_SCHEMES, describe_postgres_url, has_control_chars, parse_listen, postgres_password, redact_url
 
 PREFIX = "RELAY_"
 _DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h|d|w)?\s*$", re.IGNORECASE)
 MAX_DURATION_S = 3650 * 86400.0
 _UNIT_S = {"ms": 0.001, "s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
+_POSTGRES_FORM = "postgresql://USER:PASSWORD@HOST:PORT/DBNAME (libpq query parameters such as ?sslmode=require allowed)"
+
+
+def check_postgres_url(value: str) -> str:
+    """Refuse a postgresql:// URL libpq cannot parse, naming the problem but never echoing the URL or its password."""
+    from psycopg.conninfo import conninfo_to_dict  # noqa: PLC0415 - only PostgreSQL users pay for importing the driver
+
+    parts = urlsplit(value)
+    if "," not in parts.netloc:  # libpq's multi-host form has no single port to check
+        try:
+            _ = parts.port
+        except ValueError:
+            msg = f"the port is not a number from 1 to 65535: use {_POSTGRES_FORM}"
+            raise ValueError(msg) from None
+    try:
+        conninfo_to_dict(value)
+    except Exception as exc:  # noqa: BLE001 - psycopg raises ProgrammingError, or ValueError for a bad port
+        reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        password = postgres_password(value)
+        if password:
+            reason = reason.replace(password, "***")
+        msg = f"is not a PostgreSQL URL libpq accepts ({reason}): use {_POSTGRES_FORM}"
+        raise ValueError(msg) from None
+    return value
 
 
 def parse_duration(value: object) -> object:
@@ -50,6 +74,19 @@ def parse_duration(value: object) -> object:
 
 Duration = Annotated[timedelta, BeforeValidator(parse_duration)]
 OUTCOMES = ("failure", "partial", "success", "stuck")
+_REPLICA_ID = re.compile(r"[A-Za-z0-9_.-]{1,64}")
+_REPLICA_UNSAFE = re.compile(r"[^A-Za-z0-9_.-]")
+
+
+def default_replica_id() -> str:
+    """Return ``<hostname>-<pid>`` in safe characters, clipped to fit 64 (RELAY_REPLICA_ID's default)."""
+    import socket  # noqa: PLC0415 - only needed for the default
+
+    pid = f"-{os.getpid()}"
+    host = _REPLICA_UNSAFE.sub("_", socket.gethostname())[: 64 - len(pid)] or "relay"
+    return host + pid
+
+
 _TYPE_GLOB = re.compile(r"^[A-Za-z0-9_.*?\[\]!-]+$")
 
 
@@ -271,6 +308,8 @@ class RelaySettings(BaseSettings):
     retention: Duration = Field(default=timedelta(days=7), ge=timedelta(hours=1))
     http_listen: str = "127.0.0.1:9464"
     watch_token: SecretStr | None = None
+    replica_id: str = Field(default_factory=default_replica_id)
+    lease_ttl: Duration = Field(default=timedelta(seconds=10), ge=timedelta(seconds=1), le=timedelta(minutes=5))
     log_format: Literal["json", "console", "auto"] = "auto"
     log_level: Literal["debug", "info", "warning", "error"] = "info"
 
@@ -310,6 +349,14 @@ class RelaySettings(BaseSettings):
     def _lower(cls, value: object) -> object:
         return value.lower() if isinstance(value, str) else value
 
+    @field_validator("replica_id")
+    @classmethod
+    def _replica_id(cls, value: str) -> str:
+        if not _REPLICA_ID.fullmatch(value):
+            msg = "must be 1 to 64 characters of A-Z a-z 0-9 _ . - (it names the replica in logs and in the polling lease)"
+            raise ValueError(msg)
+        return value
+
     @field_validator("http_listen")
     @classmethod
     def _listen(cls, value: str) -> str:
@@ -319,8 +366,10 @@ class RelaySettings(BaseSettings):
     @field_validator("state_url")
     @classmethod
     def _state_url(cls, value: str) -> str:
+        if value.startswith(POSTGRES_SCHEMES):
+            return check_postgres_url(value)
         if not value.startswith("sqlite:///") or value == "sqlite:///":
-            msg = "must be sqlite:///<path> (e.g. sqlite:///./voucherify-relay.db or sqlite:////var/lib/relay/state.db)"
+            msg = f"must be sqlite:///<path> (e.g. sqlite:///./voucherify-relay.db or sqlite:////var/lib/relay/state.db) or {_POSTGRES_FORM}"
             raise ValueError(msg)
         return value
 
@@ -344,9 +393,18 @@ class RelaySettings(BaseSettings):
         return (init_settings,)
 
     @property
+    def state_kind(self) -> Literal["sqlite", "postgres"]:
+        """Return which store RELAY_STATE_URL selects."""
+        return "postgres" if self.state_url.startswith(POSTGRES_SCHEMES) else "sqlite"
+
+    @property
     def state_path(self) -> Path:
-        """Return the SQLite file the state URL names."""
+        """Return the SQLite file the state URL names (SQLite only)."""
         return Path(self.state_url.removeprefix("sqlite:///"))
+
+    def state_display(self) -> str:
+        """Name the state database for logs and `check`: the SQLite path, or the PostgreSQL URL without password or query."""
+        return describe_postgres_url(self.state_url) if self.state_kind == "postgres" else str(self.state_path)
 
     def all_sinks(self) -> dict[str, SinkSettings]:
         """Return the named sinks plus the shortcuts (named ``webhook`` and ``slack``)."""
@@ -360,6 +418,8 @@ class RelaySettings(BaseSettings):
     def secret_values(self) -> list[str]:
         """Return every secret string, for the log redactor."""
         values = [self.voucherify_app_token, self.webhook_secret, self.watch_token]
+        if self.state_kind == "postgres" and (password := postgres_password(self.state_url)):
+            values.append(SecretStr(password))
         for sink in self.all_sinks().values():
             values += [sink.secret, sink.token]
             # a sink URL is shown as display_url(); where that hides something, the hidden part may be a secret

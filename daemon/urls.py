@@ -9,11 +9,40 @@ from __future__ import annotations
 
 import ipaddress
 import re
-from urllib.parse import urljoin, urlsplit
+from urllib.parse import unquote, urljoin, urlsplit
 
 HIDDEN = "…"
 _HOSTNAME = re.compile(r"^[A-Za-z0-9]([A-Za-z0-9.-]{0,251}[A-Za-z0-9])?$")
 _LISTEN_HELP = "must be HOST:PORT (127.0.0.1:9464, 0.0.0.0:9464, [::1]:9464, or :9464 for every interface) or 'off'"
+
+
+POSTGRES_SCHEMES = ("postgresql://", "postgres://")
+
+
+def describe_postgres_url(url: str) -> str:
+    """Return ``postgresql://user@host:port/dbname``: a database URL without its password or query (which may hold one)."""
+    try:
+        parts = urlsplit(url)
+        user = f"{unquote(parts.username)}@" if parts.username else ""
+        host = parts.hostname or "localhost"
+        port = f":{parts.port}" if parts.port else ""
+    except ValueError:
+        return "postgresql://(unparsable URL)"
+    host = f"[{host}]" if ":" in host else host
+    return f"postgresql://{user}{host}{port}{parts.path}"
+
+
+def postgres_password(url: str) -> str | None:
+    """Return the password a postgresql:// URL carries (in its user info or a ``password`` parameter), if any."""
+    try:
+        parts = urlsplit(url)
+        password = parts.password
+    except ValueError:
+        return None
+    if password:
+        return unquote(password)
+    found = re.search(r"(?:^|&)password=([^&]*)", parts.query)
+    return unquote(found.group(1)) if found and found.group(1) else None
 
 
 def has_control_chars(value: str) -> bool:

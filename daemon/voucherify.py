@@ -86,8 +86,10 @@ class VoucherifyClient:
         timeout_s: float = 10.0,
         blocked_until: float = 0.0,
         max_response_bytes: int = DEFAULT_MAX_RESPONSE_BYTES,
+        permit: Callable[[], None] = lambda: None,
     ) -> None:
         self._session = session
+        self._permit = permit  # raises (LeaseLostError) when this replica may not send now
         self._base_url = base_url.rstrip("/")
         self._headers = {"X-App-Id": app_id, "X-App-Token": app_token, "User-Agent": USER_AGENT, "Accept": "application/json"}
         self._budget = budget or RequestBudget(None)
@@ -112,6 +114,11 @@ class VoucherifyClient:
     def blocked_until(self) -> float:
         """Return the latest Retry-After deadline Voucherify gave (0: none); the owner persists it."""
         return self._blocked_until
+
+    def resume(self, *, history: list[float], blocked_until: float) -> None:
+        """Start from the shared record: the budget's request times and Retry-After deadline other replicas left."""
+        self._budget = RequestBudget(self._budget.per_hour, history=history)
+        self._blocked_until = max(self._blocked_until, blocked_until)
 
     def take_sent(self) -> list[float]:
         """Return the send times of the requests made since the last call (the owner records them for the budget)."""
@@ -164,6 +171,7 @@ class VoucherifyClient:
         if now < self._blocked_until:
             msg = f"GET {path}: Voucherify asked to wait until {self._blocked_until:.0f} (Retry-After)"
             raise RateLimitedError(msg, retry_at=self._blocked_until, status=429)
+        self._permit()
         self._budget.acquire(now)
         self._sent.append(now)
         try:

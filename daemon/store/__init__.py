@@ -3,16 +3,31 @@
 Every method is ``async``: the SQLite adapter runs its sub-millisecond calls inline on
 the event loop, a network database (PostgreSQL) awaits its driver. ``commit_cycle``
 writes a cycle's state and its outbox rows in one transaction, whatever the adapter.
+
+On PostgreSQL several replicas share one outbox: ``claim_due`` hands each row to one
+replica at a time (a claim token with an expiry), and ``apply_results`` settles a row
+only while that replica's token still holds it.
 """
 
 from __future__ import annotations
 
+import asyncio
 import builtins
-from collections.abc import Awaitable, Callable, Iterable, Sequence
-from dataclasses import dataclass
-from typing import Literal, Protocol
+import json
+from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Literal, Protocol
 
 from daemon.model import ActionSnapshot, Delivery, Event
+
+
+@dataclass(frozen=True, slots=True)
+class Fence:
+    """The polling lease a cycle is committed under: the commit checks it still holds, in the same transaction."""
+
+    name: str
+    holder: str
+    term: int
 
 
 @dataclass(frozen=True, slots=True)
@@ -28,6 +43,20 @@ class Backlog:
     started_at: float
     pages_read: int = 0
     baseline_since: str | None = None
+
+    def encode(self) -> str:
+        """Return the backlog as the JSON text both adapters keep in their meta table."""
+        return json.dumps({name: getattr(self, name) for name in Backlog.__slots__})
+
+    @classmethod
+    def decode(cls, raw: str | None) -> Backlog | None:
+        """Read a persisted backlog; a value this version cannot read is dropped (the next cap hit starts anew)."""
+        if raw is None:
+            return None
+        try:
+            return cls(**json.loads(raw))
+        except (ValueError, TypeError):
+            return None
 
 
 @dataclass(frozen=True, slots=True)
@@ -77,6 +106,11 @@ class CycleResult:
     backlog: Backlog | None = None
     backlog_changed: bool = False  # True: persist ``backlog`` (None clears it)
 
+    def changes_state(self) -> bool:
+        """Whether committing this result writes anything."""
+        flags = (self.baseline_done, self.newest_created_at, self.backlog_changed)
+        return any((self.snapshots, self.events, self.forgotten, self.stuck, *flags))
+
 
 @dataclass(frozen=True, slots=True)
 class AttemptResults:
@@ -85,6 +119,8 @@ class AttemptResults:
     delivered: Sequence[int] = ()
     retries: Sequence[tuple[int, float, str]] = ()  # (row id, next attempt at, error)
     dead: Sequence[tuple[int, str]] = ()  # (row id, reason)
+    released: Sequence[int] = ()  # claimed but not attempted (shutting down): free for any replica now
+    claims: Mapping[int, str] = field(default_factory=dict)  # row id -> the claim token it was handed out with
 
 
 class ActionStore(Protocol):
@@ -94,7 +130,7 @@ class ActionStore(Protocol):
     async def get_snapshots(self, ids: Iterable[str]) -> dict[str, ActionSnapshot]: ...
     async def in_flight(self) -> dict[str, ActionSnapshot]: ...
     async def stuck_notified(self) -> set[str]: ...
-    async def commit_cycle(self, result: CycleResult, *, now: float) -> int: ...
+    async def commit_cycle(self, result: CycleResult, *, now: float, fence: Fence | None = None) -> int: ...
     async def load_meta(self, key: str) -> str | None: ...
     async def save_meta(self, key: str, value: str) -> None: ...
     async def prune(self, *, older_than: float) -> int: ...
@@ -156,3 +192,11 @@ class Stores:
     location: str  # for logs; never holds a secret
     close: Callable[[], Awaitable[None]]
     file_problem: Callable[[], str | None]  # what happened to the storage underneath since it was opened, or None
+    schema_version: Callable[[], Awaitable[int]]
+    kind: str = "sqlite"  # "sqlite" or "postgres"
+    wake: asyncio.Event | None = None  # set when another replica (or this one) enqueued rows: LISTEN/NOTIFY
+    database: Any = None  # the PostgresDatabase (pool, transactions) for the lease; None on SQLite
+
+    def describe(self) -> str:
+        """Name the database for logs and `check`, never with a password."""
+        return self.location

@@ -8,13 +8,12 @@ transaction, so a crash at any point either keeps both or neither.
 
 from __future__ import annotations
 
-import json
 from collections.abc import Iterable
 from pathlib import Path
 from typing import Literal
 
 from daemon.model import ActionSnapshot, Event
-from daemon.store import Backlog, Cursor, CycleResult, Stores
+from daemon.store import Backlog, Cursor, CycleResult, Fence, Stores
 from daemon.store.sqlite_db import SqliteDatabase
 from daemon.store.sqlite_messages import SqliteMessageRefs
 from daemon.store.sqlite_outbox import SqliteOutbox
@@ -30,6 +29,9 @@ def open_sqlite(path: Path, *, mode: Literal["rwc", "rw", "ro"] = "rwc") -> Stor
     async def close() -> None:
         database.close()
 
+    async def schema_version() -> int:
+        return database.schema_version()
+
     return Stores(
         actions=SqliteActionStore(database),
         outbox=SqliteOutbox(database),
@@ -38,6 +40,7 @@ def open_sqlite(path: Path, *, mode: Literal["rwc", "rw", "ro"] = "rwc") -> Stor
         location=str(path),
         close=close,
         file_problem=database.file_problem,
+        schema_version=schema_version,
     )
 
 
@@ -55,7 +58,7 @@ class SqliteActionStore:
         return Cursor(
             first_run=meta.get("baseline_done") != "1",
             newest_created_at=meta.get("newest_created_at"),
-            backlog=_backlog_from(meta.get(BACKLOG_KEY)),
+            backlog=Backlog.decode(meta.get(BACKLOG_KEY)),
         )
 
     async def get_snapshots(self, ids: Iterable[str]) -> dict[str, ActionSnapshot]:
@@ -81,10 +84,10 @@ class SqliteActionStore:
         with self._database.errors("read"):
             return {row[0] for row in self._db.execute("SELECT id FROM actions WHERE terminal = 0 AND stuck_notified = 1")}
 
-    async def commit_cycle(self, result: CycleResult, *, now: float) -> int:
+    async def commit_cycle(self, result: CycleResult, *, now: float, fence: Fence | None = None) -> int:  # noqa: ARG002 - the file lock already makes one writer
         """Persist a cycle's snapshots, forgotten ids, cursor and outbox rows in one transaction."""
         enqueued = 0
-        if not _changes_state(result):
+        if not result.changes_state():
             return 0
         with self._database.transaction():
             self._db.executemany(
@@ -110,8 +113,7 @@ class SqliteActionStore:
         if backlog is None:
             self._db.execute("DELETE FROM meta WHERE key = ?", (BACKLOG_KEY,))
         else:
-            fields = {name: getattr(backlog, name) for name in Backlog.__slots__}
-            self._set_meta(BACKLOG_KEY, json.dumps(fields))
+            self._set_meta(BACKLOG_KEY, backlog.encode())
 
     def _insert_event(self, event: Event, sinks: Iterable[str], *, now: float) -> int:
         body = event.body()
@@ -165,21 +167,6 @@ class SqliteCallLog:
         """Forget send times before ``older_than``; return how many."""
         with self._database.transaction():
             return int(self._db.execute("DELETE FROM api_calls WHERE at < ?", (older_than,)).rowcount)
-
-
-def _changes_state(result: CycleResult) -> bool:
-    flags = (result.baseline_done, result.newest_created_at, result.backlog_changed)
-    return any((result.snapshots, result.events, result.forgotten, result.stuck, *flags))
-
-
-def _backlog_from(raw: str | None) -> Backlog | None:
-    """Decode the persisted backlog; a value this version cannot read is dropped (the next cap hit starts anew)."""
-    if raw is None:
-        return None
-    try:
-        return Backlog(**json.loads(raw))
-    except (ValueError, TypeError):
-        return None
 
 
 def _snapshot_row(s: ActionSnapshot) -> tuple[object, ...]:

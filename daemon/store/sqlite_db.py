@@ -97,8 +97,13 @@ class SqliteDatabase:
             return f"state database {self.path}: cannot stat it ({exc.strerror})"
         return None if now == self._identity else f"state database {self.path} was replaced by another file while the relay ran"
 
+    def schema_version(self) -> int:
+        """Return the schema version the file is at."""
+        with self.errors("read"):
+            return int(self.db.execute("PRAGMA user_version").fetchone()[0])
+
     def _check_version(self) -> None:
-        version = self.db.execute("PRAGMA user_version").fetchone()[0]
+        version = self.schema_version()
         if version > SCHEMA_VERSION:
             msg = f"{self.path}: schema version {version} is newer than this relay understands ({SCHEMA_VERSION})"
             raise StoreError(msg)

@@ -1,40 +1,56 @@
 """The store ports' contract (daemon/store/__init__.py), run against every adapter.
 
-Each adapter is an entry of ``ADAPTERS``: a callable taking ``tmp_path`` and returning a
-factory that opens (or reopens) the adapter's ``Stores`` at one location. A PostgreSQL
-adapter plugs in by adding one entry.
+Each adapter is an entry of ``ADAPTERS``: a callable taking the test's request and
+returning an async factory that opens (or reopens) the adapter's ``Stores`` at one
+location: a SQLite file in ``tmp_path``, or a fresh PostgreSQL database (``pg_url``).
+PostgreSQL runs with a claim expiry of zero here, so a claimed row is claimable again at
+once, as on SQLite; the shared outbox's claims have tests of their own.
 """
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Callable, Sequence
-from pathlib import Path
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 
 import pytest
 
 from daemon.model import ActionSnapshot, Event
-from daemon.store import AttemptResults, CycleResult, Stores
+from daemon.store import AttemptResults, CycleResult, MessageRef, Stores
+from daemon.store.postgres import open_postgres
 from daemon.store.sqlite import open_sqlite
 
 T0 = 1_800_000_000.0
 
 
-def sqlite_stores(tmp_path: Path) -> Callable[[], Stores]:
-    """Return a factory opening the SQLite stores in ``tmp_path``."""
-    return lambda: open_sqlite(tmp_path / "state.db")
+Factory = Callable[[], Awaitable[Stores]]
 
 
-ADAPTERS = {"sqlite": sqlite_stores}
+def sqlite_stores(request: pytest.FixtureRequest) -> Factory:
+    """Return a factory opening the SQLite stores in the test's ``tmp_path``."""
+    path = request.getfixturevalue("tmp_path") / "state.db"
+
+    async def make() -> Stores:
+        return open_sqlite(path)
+
+    return make
 
 
-@pytest.fixture(params=sorted(ADAPTERS))
-async def stores_factory(request, tmp_path) -> AsyncIterator[Callable[[], Stores]]:
+def postgres_stores(request: pytest.FixtureRequest) -> Factory:
+    """Return a factory opening the PostgreSQL stores on the test's own database."""
+    url = request.getfixturevalue("pg_url")
+    return lambda: open_postgres(url, claim_ttl_s=0)
+
+
+ADAPTERS = {"sqlite": sqlite_stores, "postgres": postgres_stores}
+
+
+@pytest.fixture(params=[pytest.param(name, marks=[pytest.mark.postgres] if name == "postgres" else []) for name in sorted(ADAPTERS)])
+async def stores_factory(request) -> AsyncIterator[Factory]:
     """Open stores of one adapter at one location; close every one opened."""
-    make = ADAPTERS[request.param](tmp_path)
+    make = ADAPTERS[request.param](request)
     opened: list[Stores] = []
 
-    def factory() -> Stores:
-        opened.append(make())
+    async def factory() -> Stores:
+        opened.append(await make())
         return opened[-1]
 
     yield factory
@@ -43,9 +59,9 @@ async def stores_factory(request, tmp_path) -> AsyncIterator[Callable[[], Stores
 
 
 @pytest.fixture
-def stores(stores_factory) -> Stores:
+async def stores(stores_factory) -> Stores:
     """Open fresh stores."""
-    return stores_factory()
+    return await stores_factory()
 
 
 def snap(action_id: str, status: str = "IN_PROGRESS", *, created: str = "2026-11-23T11:00:00.000Z") -> ActionSnapshot:
@@ -90,7 +106,7 @@ async def test_a_fresh_store_is_empty(stores):
 
 async def test_commit_cycle_persists_everything_across_reopen(stores_factory):
     """Snapshots, forgotten ids, outbox rows per sink and the cursor survive closing and reopening."""
-    stores = stores_factory()
+    stores = await stores_factory()
     await stores.actions.commit_cycle(cycle(snapshots=[snap("aa_1"), snap("aa_2")]), now=T0)
     finished = cycle(
         snapshots=[snap("aa_1", "DONE")],
@@ -102,7 +118,7 @@ async def test_commit_cycle_persists_everything_across_reopen(stores_factory):
     )
     assert await stores.actions.commit_cycle(finished, now=T0 + 1) == 2
     await stores.close()
-    again = stores_factory()
+    again = await stores_factory()
     cursor = await again.actions.load_cursor()
     assert (cursor.first_run, cursor.newest_created_at) == (False, "2026-11-23T11:00:00.000Z")
     assert await again.actions.in_flight() == {}
@@ -246,22 +262,22 @@ async def test_prune_deletes_only_old_finished_things(stores):
 
 async def test_call_log_since(stores_factory):
     """Recorded request times come back sorted, from the given moment on, after a reopen too."""
-    stores = stores_factory()
+    stores = await stores_factory()
     await stores.calls.record([T0 + 3, T0 + 1, T0 + 2])
     await stores.calls.record([T0 + 4])
     await stores.close()
-    again = stores_factory()
+    again = await stores_factory()
     assert await again.calls.since(T0 + 2) == [T0 + 2, T0 + 3, T0 + 4]
     assert await again.calls.since(T0 + 5) == []
 
 
 async def test_meta_values_persist_across_reopen(stores_factory):
     """A saved meta value (a Retry-After deadline, say) is read back after a reopen; an unknown key reads None."""
-    stores = stores_factory()
+    stores = await stores_factory()
     await stores.actions.save_meta("api_blocked_until", "123.000")
     await stores.actions.save_meta("api_blocked_until", "456.000")
     await stores.close()
-    again = stores_factory()
+    again = await stores_factory()
     assert await again.actions.load_meta("api_blocked_until") == "456.000"
     assert await again.actions.load_meta("nothing") is None
 
@@ -274,3 +290,20 @@ async def test_get_snapshots_handles_many_ids(stores):
     assert len(found) == 1200
     assert found["aa_0777"] == stored[777]
     assert len(await stores.actions.in_flight()) == 1200
+
+
+async def test_message_refs_remember_advance_and_prune(stores_factory):
+    """A live message's place survives a reopen, advances in stage, and is pruned once old."""
+    stores = await stores_factory()
+    assert await stores.messages.get("team", "aa_1") is None
+    await stores.messages.put("team", "aa_1", MessageRef(channel="C1", ts="1.000100", stage="live"), now=T0)
+    await stores.messages.put("team", "aa_2", MessageRef(channel="C1", ts="1.000200", stage="live"), now=T0 + 100)
+    await stores.close()
+    stores = await stores_factory()
+    await stores.messages.put("team", "aa_1", MessageRef(channel="C1", ts="1.000100", stage="final"), now=T0 + 10)
+    assert await stores.messages.get("team", "aa_1") == MessageRef(channel="C1", ts="1.000100", stage="final")
+    assert await stores.messages.get("other", "aa_1") is None, "refs are per sink"
+    assert await stores.messages.prune(older_than=T0 + 50) == 1
+    assert await stores.messages.get("team", "aa_1") is None
+    assert await stores.messages.get("team", "aa_2") is not None
+    await stores.close()

@@ -8,6 +8,7 @@ the models, so a new setting without a row here fails the suite.
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -97,7 +98,9 @@ CASES = [
     bad("idle_poll_interval", "RELAY_IDLE_POLL_INTERVAL", IDLE_POLL_INTERVAL="slow"),
     bad("idle_poll_interval", "RELAY_IDLE_POLL_INTERVAL", IDLE_POLL_INTERVAL="0"),
     bad("idle_poll_interval", "RELAY_IDLE_POLL_INTERVAL", POLL_INTERVAL="60", IDLE_POLL_INTERVAL="30"),  # faster than the fast pace
-    bad("state_url", "RELAY_STATE_URL", STATE_URL="postgres://db/relay"),
+    bad("state_url", "RELAY_STATE_URL", STATE_URL="mysql://db/relay"),
+    bad("state_url", "RELAY_STATE_URL", STATE_URL="postgresql://relay:pg-Passw0rd-9f3c@db:notaport/relay"),
+    bad("state_url", "RELAY_STATE_URL", STATE_URL="postgres://relay:pg-Passw0rd-9f3c@db/relay?sslmod=require"),
     bad("state_url", "RELAY_STATE_URL", STATE_URL="sqlite:///"),
     bad("state_url", "RELAY_STATE_URL", STATE_URL="./relay.db"),
     bad("backfill", "RELAY_BACKFILL", BACKFILL="yesterday"),
@@ -148,6 +151,13 @@ CASES = [
     bad("retention", "RELAY_RETENTION", RETENTION="1e400"),
     bad("retention", "RELAY_RETENTION", RETENTION="0s"),
     bad("retention", "RELAY_RETENTION", RETENTION="99999999999d"),
+    # replicas and the polling lease
+    bad("replica_id", "RELAY_REPLICA_ID", REPLICA_ID="relay a"),
+    bad("replica_id", "RELAY_REPLICA_ID", REPLICA_ID="r" * 65),
+    bad("replica_id", "RELAY_REPLICA_ID", REPLICA_ID="relay/1"),
+    bad("lease_ttl", "RELAY_LEASE_TTL", LEASE_TTL="500ms"),
+    bad("lease_ttl", "RELAY_LEASE_TTL", LEASE_TTL="1h"),
+    bad("lease_ttl", "RELAY_LEASE_TTL", LEASE_TTL="soon"),
     # logging
     bad("log_format", "RELAY_LOG_FORMAT", LOG_FORMAT="xml"),
     bad("log_level", "RELAY_LOG_LEVEL", LOG_LEVEL="trace"),
@@ -249,6 +259,45 @@ def test_bad_environment_is_refused_naming_the_variable(case, tmp_path):
 
 
 @pytest.mark.parametrize(
+    "url",
+    [
+        "postgresql://relay:pg-Passw0rd-9f3c@db:notaport/relay",
+        "postgres://relay:pg-Passw0rd-9f3c@db/relay?sslmod=require",
+        "postgresql://relay@db/relay?password=pg-Passw0rd-9f3c&bogus=1",
+    ],
+)
+def test_a_bad_postgres_url_is_refused_without_its_password(url, tmp_path):
+    """A PostgreSQL URL libpq cannot use is a ConfigError naming RELAY_STATE_URL and the problem, never the password."""
+    with pytest.raises(ConfigError) as caught:
+        load_settings({**base_env(tmp_path), "RELAY_STATE_URL": url})
+    assert caught.value.variable == "RELAY_STATE_URL"
+    assert "pg-Passw0rd-9f3c" not in str(caught.value)
+
+
+@pytest.mark.parametrize(
+    ("url", "shown"),
+    [
+        ("postgresql://relay:pg-Passw0rd-9f3c@db.internal:5433/relay?sslmode=require", "postgresql://relay@db.internal:5433/relay"),
+        ("postgres://db/relay", "postgresql://db/relay"),
+        ("postgresql://relay@db/relay?password=pg-Passw0rd-9f3c", "postgresql://relay@db/relay"),
+    ],
+)
+def test_a_postgres_url_selects_postgres_and_is_shown_without_its_password(url, shown, tmp_path):
+    """postgresql:// and postgres:// URLs select the PostgreSQL store; they are shown without password or query, and the password is redacted in logs."""
+    settings = load_settings({**base_env(tmp_path), "RELAY_STATE_URL": url})
+    assert (settings.state_kind, settings.state_display()) == ("postgres", shown)
+    assert ("pg-Passw0rd-9f3c" in settings.secret_values()) == ("pg-Passw0rd-9f3c" in url)
+
+
+def test_the_state_url_may_come_from_a_file(tmp_path):
+    """RELAY_STATE_URL_FILE holds the URL (and its password) like every other secret file."""
+    secret = tmp_path / "state-url"
+    secret.write_text("postgresql://relay:pg-Passw0rd-9f3c@db/relay\n")
+    settings = load_settings({**base_env(tmp_path), "RELAY_STATE_URL_FILE": str(secret)})
+    assert settings.state_display() == "postgresql://relay@db/relay"
+
+
+@pytest.mark.parametrize(
     ("url", "shown"),
     [
         ("https://hooks.zapier.com/hooks/catch/123/abcdef/", "https://hooks.zapier.com/hooks/…"),
@@ -273,6 +322,13 @@ def test_the_base_environment_is_valid(tmp_path):
     settings = load_settings(base_env(tmp_path))
     assert list(settings.all_sinks()) == ["webhook"]
     assert load_settings({**base_env(tmp_path), **SINK}).all_sinks()["ops"].kind == "webhook"
+
+
+def test_the_default_replica_id_is_host_and_pid_in_safe_characters(tmp_path):
+    """Without RELAY_REPLICA_ID the replica is named <host>-<pid>, valid as its own setting."""
+    replica = load_settings(base_env(tmp_path)).replica_id
+    assert replica.endswith(f"-{os.getpid()}")
+    assert load_settings({**base_env(tmp_path), "RELAY_REPLICA_ID": replica}).replica_id == replica
 
 
 def test_every_setting_has_a_bad_case():

@@ -1,0 +1,95 @@
+"""The replica's side of the polling lease: one attempt at a time, judged by :mod:`daemon.leadership`.
+
+The relay calls :meth:`Elector.attempt` on a loop and acts on the :class:`Change` it
+returns (log, metrics, start or stop polling). The poller and the Voucherify client only
+read: :meth:`Elector.fence` for the cycle's commit, :meth:`Elector.permit` before each
+request. Timing uses the monotonic clock: a wall-clock jump cannot stretch the trust window.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Callable
+
+from daemon.errors import LeaseLostError, StoreError
+from daemon.leadership import Change, LeaseTiming, Standing, attempt_timeout_s, expired, granted, next_attempt_in_s, refused
+from daemon.lease import POLL_LEASE, Lease, LeaseStore
+from daemon.store import Fence
+
+
+class Elector:
+    """Holds, renews and releases this replica's polling lease."""
+
+    def __init__(
+        self,
+        *,
+        store: LeaseStore,
+        holder: str,
+        timing: LeaseTiming,
+        fencing: bool,
+        name: str = POLL_LEASE,
+        monotonic: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self._store = store
+        self.holder = holder
+        self.timing = timing
+        self._fencing = fencing  # False on SQLite: the file lock already makes one process
+        self._name = name
+        self._monotonic = monotonic
+        self.standing = Standing()
+        self.last_ok_at: float | None = None  # monotonic moment of the last answered attempt (the database round trip)
+        self.last_error: str | None = None  # the last attempt's failure, None after one that was answered
+
+    async def attempt(self) -> Change:
+        """Renew or try for the lease once; return what changed."""
+        self.standing, lapsed = expired(self.standing, now=self._monotonic())
+        if lapsed is not None:
+            return lapsed
+        sent_at = self._monotonic()
+        try:
+            timeout_s = attempt_timeout_s(self.standing, now=sent_at, timing=self.timing)
+            lease = await asyncio.wait_for(self._store.acquire_or_renew(name=self._name, holder=self.holder, ttl_s=self.timing.ttl_s), timeout=timeout_s)
+        except (StoreError, TimeoutError) as exc:
+            self.last_error = str(exc) or f"no answer within {timeout_s:.1f}s"
+            self.standing, change = refused(self.standing, reason="error" if isinstance(exc, StoreError) else "timeout")
+            return change
+        self.last_ok_at, self.last_error = self._monotonic(), None
+        if lease is None:
+            self.standing, change = refused(self.standing, reason="taken")
+            return change
+        self.standing, change = granted(self.standing, term=lease.term, valid_for_s=lease.valid_for_s, sent_at=sent_at, timing=self.timing)
+        return change
+
+    def pause_s(self) -> float:
+        """Return how long to wait before the next attempt."""
+        return next_attempt_in_s(self.standing, timing=self.timing)
+
+    def trusted(self) -> bool:
+        """Whether this replica holds the lease and its trust window is still open."""
+        return self.standing.trusted(self._monotonic())
+
+    def permit(self) -> None:
+        """Raise LeaseLostError unless a Voucherify request may start now (the client calls it before each one)."""
+        if not self.trusted():
+            msg = f"replica {self.holder} does not hold the polling lease (or its trust window closed): request not sent"
+            raise LeaseLostError(msg)
+
+    def fence(self) -> Fence | None:
+        """Return the fence a cycle commits under (None on SQLite); raise LeaseLostError when not trusted."""
+        self.permit()
+        if not self._fencing or self.standing.term is None:
+            return None
+        return Fence(name=self._name, holder=self.holder, term=self.standing.term)
+
+    async def release(self) -> int | None:
+        """Give the lease up now so another replica takes over at once; return the released term (None: none held)."""
+        term, self.standing = self.standing.term, Standing()
+        if term is None:
+            return None
+        await self._store.release(Lease(name=self._name, holder=self.holder, term=term, valid_for_s=0.0))
+        return term
+
+    async def close(self) -> None:
+        """Close the lease store's connection."""
+        await self._store.close()
