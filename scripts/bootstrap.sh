@@ -1,5 +1,7 @@
 # Sourced by scripts/demo and scripts/test: make .venv with the project installed, once.
-# Re-installs only when pyproject.toml changes. Needs Python 3.11+ and access to PyPI.
+# Installs the hashed lock (requirements/dev.txt, made by scripts/lock) with --require-hashes, then
+# the project itself without dependencies. Re-installs when pyproject.toml or a lock file changes.
+# Needs Python 3.11+ and access to PyPI.
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 
@@ -16,13 +18,15 @@ pick_python() {
     return 1
 }
 
-stamp=".venv/.installed-$(sha256sum pyproject.toml | cut -c1-16)"
+stamp=".venv/.installed-$(cat pyproject.toml requirements/*.txt | sha256sum | cut -c1-16)"
 if [ ! -x .venv/bin/python ]; then
     "$(pick_python)" -m venv .venv
 fi
 if [ ! -f "$stamp" ]; then
-    .venv/bin/python -m pip install --quiet --disable-pip-version-check --upgrade pip
-    .venv/bin/python -m pip install --quiet --disable-pip-version-check -e ".[test,dev]"
+    pip=(.venv/bin/python -m pip install --quiet --disable-pip-version-check)
+    "${pip[@]}" --require-hashes -r requirements/dev.txt
+    # setuptools comes hashed from the lock: no build isolation, so nothing unhashed is fetched.
+    "${pip[@]}" --no-deps --no-build-isolation -e .
     rm -f .venv/.installed-*
     touch "$stamp"
 fi
