@@ -60,7 +60,7 @@ async def test_relay_on_postgres_delivers_new_completions_once_and_never_shows_t
 
 
 async def test_outbox_commands_and_check_on_postgres(tmp_path, standin: VoucherifyStandIn, receiver: RecordingReceiver, pg_url):
-    """outbox list/replay work on PostgreSQL; check says the tables are not there yet, then the schema version; wrong port fails clearly."""
+    """Outbox list/replay work on PostgreSQL; check says the tables are not there yet, then the schema version; wrong port fails clearly."""
     env = relay_env(tmp_path, standin, receiver, state_url=with_password(pg_url))
     code, out = await cli(env, "check")
     assert "no relay tables yet" in out, out
