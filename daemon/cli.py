@@ -38,6 +38,11 @@ def build_parser() -> argparse.ArgumentParser:
     demo = commands.add_parser("demo", help="watch events flow: a built-in Voucherify stand-in, a local receiver and the relay")
     demo.add_argument("--seconds", type=float, default=None, help="stop after this long (default: when the show is over)")
     demo.add_argument("--slack", action="store_true", help="also print each event's Slack message as Block Kit JSON")
+    move = commands.add_parser(
+        "migrate-state", help="copy a SQLite state file into an empty PostgreSQL database (baseline, actions, pending and dead deliveries)"
+    )
+    move.add_argument("--from", dest="source", required=True, metavar="sqlite:///PATH", help="the SQLite state file (stop the relay first)")
+    move.add_argument("--to", dest="target", required=True, metavar="postgresql://...", help="an empty PostgreSQL database; its tables are created")
     outbox = commands.add_parser("outbox", help="inspect and replay deliveries").add_subparsers(dest="outbox_command", required=True, metavar="ACTION")
     listing = outbox.add_parser("list", help="list pending deliveries (or dead letters with --dead)")
     listing.add_argument("--dead", action="store_true", help="list the dead-letter list instead")
@@ -78,6 +83,12 @@ def _dispatch(args: argparse.Namespace) -> int:
         from daemon.demo.run import run_demo  # noqa: PLC0415 - the stand-in is only loaded for the demo
 
         return asyncio.run(run_demo(seconds=args.seconds, slack_json=args.slack))
+    if args.command == "migrate-state":
+        return _migrate_state(source=args.source, target=args.target)
+    return _outbox(args)
+
+
+def _outbox(args: argparse.Namespace) -> int:
     if args.outbox_command == "list":
         return _outbox_list(dead=args.dead, as_json=args.json, limit=args.limit)
     return _outbox_replay(row_id=args.row_id, dead=args.dead)
@@ -149,6 +160,18 @@ async def _replay_outbox(row_id: int | None) -> int:
         return await stores.outbox.replay(row_id, now=time.time())
     finally:
         await stores.close()
+
+
+def _migrate_state(*, source: str, target: str) -> int:
+    from daemon.migrate_state import migrate_state  # noqa: PLC0415 - loads the PostgreSQL driver
+
+    report = asyncio.run(migrate_state(source=source, target=target))
+    print(
+        f"copied {report.actions} actions ({report.in_flight} in flight), {report.pending} pending and {report.dead} dead deliveries, "
+        f"{report.meta} meta values (baseline, cursor) and {report.api_calls} API call times from the last hour"
+    )
+    print("now point RELAY_STATE_URL at the PostgreSQL database and start the relay")
+    return 0
 
 
 def _when(epoch: float) -> str:

@@ -48,9 +48,12 @@ class PostgresDatabase:
             reconnect_timeout=24 * 3600.0,  # keep reconnecting through a long outage; callers fail fast meanwhile
         )
 
+    def __repr__(self) -> str:
+        return f"PostgresDatabase({self.display})"
+
     async def open(self, *, migrate_schema: bool = True) -> int:
         """Connect once (so a wrong address or password fails here, clearly), migrate, then open the pool; return the schema version."""
-        with self.errors("connect to"):
+        with self.errors("open"):
             async with await psycopg.AsyncConnection.connect(self.url, **connection_options(self.url)) as conn:
                 await configure_session(conn)
                 version = await migrate(conn, display=self.display) if migrate_schema else await read_version(conn, display=self.display)
