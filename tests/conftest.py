@@ -8,6 +8,7 @@ import os
 import secrets
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING
 from urllib.parse import urlsplit, urlunsplit
@@ -16,9 +17,12 @@ import psycopg
 import pytest
 from psycopg import sql
 
+from daemon.app import Relay
+from daemon.bootstrap import build_relay
 from daemon.demo.receiver import RecordingReceiver
 from daemon.demo.standin import VoucherifyStandIn
 from daemon.settings import RelaySettings, load_settings
+from daemon.voucherify import RetryPolicy
 
 if TYPE_CHECKING:
     from daemon.app import Relay
@@ -203,3 +207,23 @@ async def outbox_has(relay: Relay, **figures: int) -> bool:
     """Tell whether the running relay's outbox shows these figures (``pending=0``, ``dead=1``)."""
     stats = await relay.stores.outbox.stats()
     return all(getattr(stats, name) == value for name, value in figures.items())
+
+
+FAST = RetryPolicy(max_attempts=3, backoff_max_s=0.05, backoff_multiplier_s=0.01)
+
+
+@asynccontextmanager
+async def running(settings: RelaySettings) -> AsyncIterator[Relay]:
+    """Run a relay for the body of the block."""
+    relay = await build_relay(settings, retry=FAST)
+    await relay.start()
+    watch_output(lambda: relay.metrics.render().decode())
+    try:
+        yield relay
+    finally:
+        await relay.stop(grace_s=2)
+
+
+async def baseline(relay: Relay) -> None:
+    """Wait for the first poll (the baseline) to complete."""
+    await until(lambda: relay.last_poll is not None)

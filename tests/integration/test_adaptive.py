@@ -5,8 +5,7 @@ from __future__ import annotations
 import asyncio
 import time
 
-from tests.conftest import until
-from tests.integration.test_relay import baseline, running
+from tests.conftest import baseline, running, until
 
 
 async def test_idle_relay_polls_slowly_and_wakes_on_activity(standin, receiver, make_settings):

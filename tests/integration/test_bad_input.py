@@ -12,8 +12,7 @@ from structlog.testing import capture_logs
 from daemon.demo.standin import VoucherifyStandIn
 from daemon.demo.wire import json_response
 from daemon.model import event_id_for
-from tests.conftest import APP_TOKEN, until
-from tests.integration.test_relay import baseline, running
+from tests.conftest import APP_TOKEN, baseline, running, until
 
 JUNK: list[Any] = [
     {"type": "CUSTOMERS.IMPORT_CSV", "status": "DONE", "created_at": "2026-01-01T00:00:00.000Z"},  # no id

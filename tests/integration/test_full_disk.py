@@ -11,8 +11,7 @@ from pathlib import Path
 import pytest
 from structlog.testing import capture_logs
 
-from tests.conftest import outbox_has, until
-from tests.integration.test_relay import baseline, running
+from tests.conftest import baseline, outbox_has, running, until
 from tests.integration.test_relay_health import get
 
 EVENTS = 10

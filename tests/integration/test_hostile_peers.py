@@ -28,9 +28,8 @@ from daemon.model import Delivery
 from daemon.settings import SinkSettings, load_settings
 from daemon.sinks.slack import SlackSink
 from daemon.voucherify import RetryPolicy, VoucherifyClient
-from tests.conftest import APP_TOKEN, relay_env, until, watch_output
+from tests.conftest import APP_TOKEN, baseline, relay_env, running, until, watch_output
 from tests.e2e.conftest import cli_env
-from tests.integration.test_relay import baseline, running
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 MIB = 1024 * 1024

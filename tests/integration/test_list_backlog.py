@@ -15,8 +15,7 @@ from daemon.demo.receiver import RecordingReceiver
 from daemon.demo.standin import VoucherifyStandIn
 from daemon.errors import ClientRequestError
 from daemon.voucherify import VoucherifyClient
-from tests.conftest import APP_TOKEN, until
-from tests.integration.test_relay import baseline, running
+from tests.conftest import APP_TOKEN, baseline, running, until
 
 
 def delivered_per_action(receiver: RecordingReceiver) -> Counter[str]:

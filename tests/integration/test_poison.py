@@ -10,8 +10,7 @@ from aiohttp import web
 from structlog.testing import capture_logs
 
 from daemon.demo.standin import VoucherifyStandIn
-from tests.conftest import APP_TOKEN, until
-from tests.integration.test_relay import baseline, running
+from tests.conftest import APP_TOKEN, baseline, running, until
 
 DEEP = b'{"id": "aa_poison", "result": ' + b"[" * 100_000 + b"]" * 100_000 + b"}"
 

@@ -8,8 +8,7 @@ from structlog.testing import capture_logs
 
 from daemon.demo.receiver import verify_signature
 from daemon.model import event_id_for
-from tests.conftest import WEBHOOK_SECRET, outbox_has, until
-from tests.integration.test_relay import baseline, running
+from tests.conftest import WEBHOOK_SECRET, baseline, outbox_has, running, until
 
 
 def named_sink(receiver, name: str, **more: str) -> dict[str, str]:

@@ -3,43 +3,19 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
 from datetime import UTC, datetime, timedelta
 
 from structlog.testing import capture_logs
 
 from daemon.app import Relay
-from daemon.bootstrap import build_relay
 from daemon.demo.receiver import verify_signature
 from daemon.model import event_id_for
-from daemon.settings import RelaySettings
-from daemon.voucherify import RetryPolicy
-from tests.conftest import WEBHOOK_SECRET, outbox_has, until, watch_output
-
-FAST = RetryPolicy(max_attempts=3, backoff_max_s=0.05, backoff_multiplier_s=0.01)
-
-
-@asynccontextmanager
-async def running(settings: RelaySettings) -> AsyncIterator[Relay]:
-    """Run a relay for the body of the block."""
-    relay = await build_relay(settings, retry=FAST)
-    await relay.start()
-    watch_output(lambda: relay.metrics.render().decode())
-    try:
-        yield relay
-    finally:
-        await relay.stop(grace_s=2)
+from tests.conftest import WEBHOOK_SECRET, baseline, outbox_has, running, until
 
 
 async def not_in_flight(relay: Relay, action_id: str) -> bool:
     """Whether the relay no longer holds ``action_id`` as in flight."""
     return action_id not in await relay.stores.actions.in_flight()
-
-
-async def baseline(relay: Relay) -> None:
-    """Wait for the first poll (the baseline) to complete."""
-    await until(lambda: relay.last_poll is not None)
 
 
 async def test_completions_arrive_signed_with_one_get_each(standin, receiver, make_settings):

@@ -7,8 +7,7 @@ import asyncio
 import aiohttp
 from prometheus_client.parser import text_string_to_metric_families
 
-from tests.conftest import APP_TOKEN, WATCH_TOKEN, WEBHOOK_SECRET, until
-from tests.integration.test_relay import baseline, running
+from tests.conftest import APP_TOKEN, WATCH_TOKEN, WEBHOOK_SECRET, baseline, running, until
 
 
 async def get(port: int, path: str) -> tuple[int, str]:

@@ -11,9 +11,8 @@ import pytest
 from daemon.demo.receiver import RecordingReceiver
 from daemon.model import event_id_for
 from daemon.slack_blocks import validate_message
-from tests.conftest import outbox_has, until
+from tests.conftest import baseline, outbox_has, running, until
 from tests.fakes.slack import FakeSlack
-from tests.integration.test_relay import baseline, running
 
 
 @pytest.fixture

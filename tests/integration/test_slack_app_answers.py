@@ -17,9 +17,8 @@ from daemon.sinks.slack_app import SlackAppSink
 from daemon.store import MessageRef
 from daemon.store.sqlite import open_sqlite
 from daemon.store.sqlite_db import SCHEMA_VERSION
-from tests.conftest import until
+from tests.conftest import running, until
 from tests.fakes.slack_web import BOT_TOKEN, CHANNEL, FakeSlackWeb
-from tests.integration.test_relay import running
 
 
 def started_delivery(action_id: str = "aa_0123456789") -> Delivery:

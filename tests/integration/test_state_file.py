@@ -8,8 +8,7 @@ import sqlite3
 import pytest
 from structlog.testing import capture_logs
 
-from tests.conftest import until
-from tests.integration.test_relay import baseline, running
+from tests.conftest import baseline, running, until
 from tests.integration.test_relay_health import get
 
 

@@ -17,8 +17,7 @@ from daemon.errors import StoreError
 from daemon.model import Event, event_id_for
 from daemon.store import CycleResult
 from daemon.store.sqlite import open_sqlite
-from tests.conftest import until
-from tests.integration.test_relay import FAST, baseline, running
+from tests.conftest import FAST, baseline, running, until
 
 
 def corrupt(path: Path) -> None:

@@ -20,8 +20,7 @@ from daemon.bootstrap import build_relay
 from daemon.demo.receiver import RecordingReceiver
 from daemon.demo.standin import VoucherifyStandIn
 from daemon.model import event_id_for
-from tests.conftest import until, watch_output
-from tests.integration.test_relay import FAST
+from tests.conftest import FAST, until, watch_output
 
 ACTIONS = 12
 PAGE_SIZE = "5"  # 12 actions in flight span three pages, so paging is under fire too
