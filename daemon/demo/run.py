@@ -18,6 +18,7 @@ from typing import Any
 
 from daemon.demo.receiver import Received, RecordingReceiver
 from daemon.demo.scenario import play_demo_scenario
+from daemon.demo.slack_web import CHANNEL, Call, SlackWebStandIn
 from daemon.demo.standin import VoucherifyStandIn
 from daemon.lifecycle import run_relay
 from daemon.logs import configure_logging
@@ -27,12 +28,22 @@ from daemon.voucherify import RetryPolicy
 
 DEMO_POLL_S = 0.5
 EXPECTED_EVENTS = 4
+LIVE_METHODS = {"chat.postMessage": "the message appears", "chat.update": "the same message, updated"}
 
 
 def print_delivery(received: Received, *, slack_json: bool) -> None:
     """Print one delivered event and what a Slack sink would post for it."""
     print_event(received.envelope, msg_id=received.event_id, signature_ok=bool(received.signature_ok))
     print_slack(received.envelope, as_json=slack_json)
+
+
+def print_live(call: Call) -> None:
+    """Print one state of a live Slack message as the Slack app sink sent it (post, progress update, thread reply)."""
+    if call.method not in LIVE_METHODS or not call.answer.get("ok"):
+        return
+    kind = "thread reply" if call.args.get("thread_ts") else LIVE_METHODS[call.method]
+    print(f"\n       Slack app sink: {call.method} ({kind}): {call.args.get('text', '')}")
+    print("\n".join("         " + line for line in json.dumps(call.args.get("blocks", []), indent=2, ensure_ascii=False).splitlines()))
 
 
 def print_event(envelope: dict[str, Any], *, msg_id: str, signature_ok: bool) -> None:
@@ -67,6 +78,9 @@ async def run_demo(*, seconds: float | None = None, slack_json: bool = False) ->
     standin = VoucherifyStandIn()
     base_url = await standin.start()
     hook_url = await receiver.start()
+    slack_token = "xoxb-demo-" + os.urandom(12).hex()
+    slack = SlackWebStandIn(token=slack_token, on_call=print_live) if slack_json else None
+    slack_url = await slack.start() if slack is not None else None
     history = [standin.add_action("VOUCHERS.IMPORT_CSV", status="DONE", progress=100) for _ in range(3)]
     with tempfile.TemporaryDirectory(prefix="voucherify-relay-demo-") as tmp:
         env = {
@@ -82,6 +96,15 @@ async def run_demo(*, seconds: float | None = None, slack_json: bool = False) ->
             "RELAY_LOG_LEVEL": "warning",
             "RELAY_HTTP_LISTEN": "off",
         }
+        if slack_url is not None:  # --slack: a Slack app sink shows each action as one live message
+            env |= {
+                "RELAY_SINKS__LIVE__KIND": "slack_app",
+                "RELAY_SINKS__LIVE__TOKEN": slack_token,
+                "RELAY_SINKS__LIVE__CHANNEL": CHANNEL,
+                "RELAY_SINKS__LIVE__API_URL": slack_url,
+                "RELAY_SINKS__LIVE__UPDATE_INTERVAL_S": "0.5",
+                "RELAY_PACING": "fixed",  # progress updates ride on polls: poll every 0.5 s so each step shows
+            }
         configure_logging(level="warning", fmt="console")
         _print_intro(base_url, hook_url, len(history))
         stop = asyncio.Event()
@@ -94,6 +117,8 @@ async def run_demo(*, seconds: float | None = None, slack_json: bool = False) ->
         stop.set()
         await relay
     await receiver.close()
+    if slack is not None:
+        await slack.close()
     calls = {path: standin.count(path) for path in ("list", "get")}
     await standin.close()
     return _summary(receiver, calls)

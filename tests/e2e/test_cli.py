@@ -91,6 +91,17 @@ async def test_demo_runs_on_embedded_defaults(run_cli):
     assert WEBHOOK_SECRET not in out + err
 
 
+async def test_demo_slack_shows_each_action_as_one_live_message(run_cli):
+    """`demo --slack` posts each action's live message once, updates it in place and threads the failure rows."""
+    code, out, err = await run_cli("demo", "--slack", env={}, timeout_s=60)
+    assert code == 0, out + err
+    assert out.count("chat.postMessage (the message appears)") == 4, "one message per action"
+    finals = [line for line in out.splitlines() if "chat.update (the same message, updated)" in line and "100%" in line]
+    assert len(finals) == 4, "each message ends in its outcome"
+    assert out.count("chat.postMessage (thread reply)") == 2, "the two actions with failed rows get one reply each"
+    assert "xoxb-demo-" not in out + err, "the demo's bot token is never shown"
+
+
 async def test_send_test_reports_each_sinks_answer(run_cli, receiver):
     """`send-test` sends a marked sample through every sink and says what each receiver answered."""
     from tests.fakes.slack import FakeSlack  # noqa: PLC0415
