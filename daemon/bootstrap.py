@@ -15,7 +15,7 @@ from typing import Literal
 
 import aiohttp
 
-from daemon.app import BLOCKED_UNTIL, Parts, Relay
+from daemon.app import Parts, Relay
 from daemon.budget import WINDOW_S, RequestBudget
 from daemon.delivery_policy import DeliveryPolicy
 from daemon.elector import Elector
@@ -26,6 +26,7 @@ from daemon.metrics import RelayMetrics
 from daemon.model import Event
 from daemon.outbox import Dispatcher
 from daemon.pacing import AUTH_BACKOFF_S
+from daemon.poll_loop import BLOCKED_UNTIL
 from daemon.poller import Poller
 from daemon.settings import RelaySettings, SinkSettings
 from daemon.sinks import Sink

@@ -6,11 +6,11 @@ import time
 
 import aiohttp
 
-from daemon.app import cadence_for
 from daemon.bootstrap import build_client, build_sinks, open_stores
 from daemon.cadence import Cadence, estimate_cost, plan_report
 from daemon.errors import AuthError, ConfigError, RedirectError, StoreError, VoucherifyError
 from daemon.monthly import billing_cycle, expected_detection_s, idle_interval_s
+from daemon.poll_loop import cadence_for
 from daemon.settings import RelaySettings
 from daemon.sinks.slack_app import SlackAppSink
 from daemon.voucherify import RetryPolicy

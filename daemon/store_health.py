@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import structlog
 
+from daemon.errors import StoreError
 from daemon.outbox import Dispatcher
-from daemon.store import Stores
+from daemon.store import OutboxStats, Stores
 
 log = structlog.get_logger("daemon.app")
 
@@ -32,3 +33,29 @@ class StoreHealth:
             self._file_problem = problem
             log.error("store.file_replaced", path=self._stores.location, problem=problem, hint="polling and deliveries stop; restart the relay")
         return self._file_problem is not None
+
+
+class OutboxFigures:
+    """The outbox depth /metrics serves: a scrape cannot await the store, so it reads the last refresh."""
+
+    def __init__(self, stores: Stores) -> None:
+        self._stores = stores
+        self._stats: OutboxStats | None = None
+        self._error = "not read yet"
+
+    async def refresh(self) -> None:
+        """Read the figures now (every dispatch tick and poll)."""
+        try:
+            self._stats = await self._stores.outbox.stats()
+        except StoreError as exc:
+            self._stats, self._error = None, str(exc)
+
+    def last(self) -> OutboxStats | None:
+        """Return the last figures read, or None if that read failed."""
+        return self._stats
+
+    def current(self) -> OutboxStats:
+        """Return the last figures read; raise StoreError if that read failed (the scrape drops the outbox gauges)."""
+        if self._stats is None:
+            raise StoreError(self._error)
+        return self._stats

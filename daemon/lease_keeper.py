@@ -1,0 +1,60 @@
+"""The task that keeps trying for, renewing and handing over the polling lease (see :mod:`daemon.elector`)."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Awaitable, Callable
+
+import structlog
+
+from daemon.elector import Elector
+from daemon.errors import StoreError
+from daemon.leadership import Change
+from daemon.metrics import RelayMetrics
+
+log = structlog.get_logger("daemon.app")
+
+
+class LeaseKeeper:
+    """Runs the lease attempts until stopped, logs and counts each change, releases on stop."""
+
+    def __init__(self, elector: Elector, metrics: RelayMetrics, *, on_acquired: Callable[[], Awaitable[None]]) -> None:
+        self._elector = elector
+        self._metrics = metrics
+        self._on_acquired = on_acquired  # a new leader resumes the shared limits and polls at once
+        self._task: asyncio.Task[None] | None = None
+
+    def start(self) -> None:
+        """Start the attempts on a task of their own."""
+        self._metrics.set_leadership(leader=False, term=None)
+        self._task = asyncio.create_task(self._run(), name="lease")
+
+    async def _run(self) -> None:
+        while True:
+            try:
+                await self._changed(await self._elector.attempt())
+            except Exception as exc:
+                log.error("lease.crashed", exc_info=exc)
+            await asyncio.sleep(self._elector.pause_s())
+
+    async def _changed(self, change: Change) -> None:
+        replica = self._elector.holder
+        if change.kind == "acquired":
+            log.info("lease.acquired", replica=replica, term=change.term)
+            await self._on_acquired()
+        elif change.kind == "lost":
+            log.warning("lease.lost", replica=replica, term=change.term, reason=change.reason, caused_by=self._elector.last_error)
+        self._metrics.set_leadership(leader=self._elector.standing.term is not None, term=change.term)
+
+    async def stop(self) -> None:
+        """Stop the attempts and hand the lease over now (a rolling update takes seconds, not a TTL)."""
+        if self._task is not None:
+            self._task.cancel()
+        try:
+            term = await self._elector.release()
+        except StoreError as exc:
+            log.warning("lease.release_failed", caused_by=str(exc), hint="another replica takes over when the lease expires")
+            return
+        self._metrics.set_leadership(leader=False, term=term)
+        if term is not None:
+            log.info("lease.released", replica=self._elector.holder, term=term)
