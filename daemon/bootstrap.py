@@ -19,11 +19,12 @@ from daemon.app import Parts, Relay
 from daemon.budget import WINDOW_S, RequestBudget
 from daemon.delivery_policy import DeliveryPolicy
 from daemon.elector import Elector
+from daemon.errors import ConfigError
 from daemon.leadership import timing_for
 from daemon.lease import LeaseStore, SqliteLeaseStore
 from daemon.lock import InstanceLock
 from daemon.metrics import RelayMetrics
-from daemon.model import Event
+from daemon.model import DEFAULT_PROJECT, Event
 from daemon.outbox import Dispatcher
 from daemon.pacing import AUTH_BACKOFF_S
 from daemon.poll_loop import BLOCKED_UNTIL
@@ -79,11 +80,20 @@ def build_client(
 
 
 def route_event(specs: Mapping[str, SinkSettings], event: Event) -> list[str]:
-    """PURE: return the sinks whose filters accept ``event`` (by event kind, action type glob and outcome)."""
+    """PURE: return the sinks whose filters accept ``event`` (by event kind, action type glob, outcome and project)."""
     action_type = str(event.data.get("type") or "")
     outcome = str(event.data.get("outcome") or "")
     kind = event.type.removeprefix("async_action.")
-    return [name for name, spec in specs.items() if spec.accepts(action_type=action_type, outcome=outcome, event=kind)]
+    project = str(event.data.get("project") or DEFAULT_PROJECT)
+    return [name for name, spec in specs.items() if spec.accepts(action_type=action_type, outcome=outcome, event=kind, project=project)]
+
+
+def require_default_project(settings: RelaySettings) -> None:
+    """Raise ConfigError for named projects: this build polls only the project ``default`` (RELAY_VOUCHERIFY_*)."""
+    named = [name for name in settings.all_projects() if name != DEFAULT_PROJECT]
+    if named:
+        variable = f"RELAY_PROJECTS__{named[0].upper()}__APP_ID"
+        raise ConfigError(variable, "this build polls only the single-project RELAY_VOUCHERIFY_* variables; per-project pollers are not finished yet")
 
 
 def open_lease_store(settings: RelaySettings) -> tuple[LeaseStore, bool]:
@@ -127,6 +137,7 @@ async def build_relay(
     The relay owns what it is given and closes it on stop. If building fails, whatever was
     opened here is closed again before the error propagates.
     """
+    require_default_project(settings)
     async with AsyncExitStack() as undo:
         lock = None
         if settings.state_kind == "sqlite":  # PostgreSQL replicas share the database by design

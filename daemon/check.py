@@ -6,7 +6,7 @@ import time
 
 import aiohttp
 
-from daemon.bootstrap import build_client, build_sinks, open_stores
+from daemon.bootstrap import build_client, build_sinks, open_stores, require_default_project
 from daemon.cadence import Cadence, estimate_cost, plan_report
 from daemon.errors import AuthError, ConfigError, RedirectError, StoreError, VoucherifyError
 from daemon.monthly import billing_cycle, expected_detection_s, idle_interval_s
@@ -20,6 +20,7 @@ EX_CONFIG = 78  # refused credentials are a configuration error, like cli.EX_CON
 
 async def run_check(settings: RelaySettings) -> int:
     """Print what the relay would do and whether Voucherify accepts the keys; return the exit status."""
+    require_default_project(settings)
     pace = f"poll every {settings.poll_interval:g}s while busy, {settings.idle_poll_interval:g}s when idle"
     print(f"configuration: ok (state {settings.state_display()}; {pace})")
     sinks = settings.all_sinks()

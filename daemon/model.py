@@ -56,10 +56,24 @@ def is_action_id(value: object) -> bool:
     return isinstance(value, str) and re.fullmatch(ACTION_ID_PATTERN, value) is not None
 
 
-def event_id_for(action_id: str, event_type: str) -> str:
-    """Derive the event id from (action id, event type): same event, same id, forever."""
-    digest = hashlib.sha256(f"{action_id}\x00{event_type}".encode()).hexdigest()
+DEFAULT_PROJECT = "default"
+
+
+def event_id_for(action_id: str, event_type: str, *, project: str = DEFAULT_PROJECT) -> str:
+    """Derive the event id from (project, action id, event type): same event, same id, forever.
+
+    The project ``default`` keeps the id of a single-project relay, so upgrading changes no id;
+    other projects mix their name in, so two projects' actions never share one.
+    """
+    key = f"{action_id}\x00{event_type}" if project == DEFAULT_PROJECT else f"{project}\x00{action_id}\x00{event_type}"
+    digest = hashlib.sha256(key.encode()).hexdigest()
     return f"evt_{digest[:32]}"
+
+
+def in_project(event: Event, project: str) -> Event:
+    """Return ``event`` as made by ``project``: ``data.project`` set, its id derived with the project."""
+    data = {**event.data, "project": project}
+    return Event(id=event_id_for(str(event.data.get("id", "")), event.type, project=project), type=event.type, timestamp=event.timestamp, data=data)
 
 
 @dataclass(frozen=True, slots=True)

@@ -20,7 +20,7 @@ from daemon.detect import Change, diff, find_stuck, snapshot_from
 from daemon.errors import AuthError, BudgetExhaustedError, LeaseLostError, NotFoundError, RateLimitedError, VoucherifyError
 from daemon.eventsize import clip_text, fit_event
 from daemon.listing import ListPlan, ListWalker, ListWindow, backlog_window_s
-from daemon.model import ActionSnapshot, Event, format_timestamp, parse_timestamp
+from daemon.model import DEFAULT_PROJECT, ActionSnapshot, Event, format_timestamp, in_project, parse_timestamp
 from daemon.normalize import normalize, started_event, stuck_event
 from daemon.progress import Observed, observed_from
 from daemon.store import ActionStore, Cursor, CycleResult, Fence
@@ -74,6 +74,7 @@ class Poller:
         max_event_bytes: int = MAX_EVENT_BYTES,
         detail_failures: DetailFailures | None = None,
         fence: Callable[[], Fence | None] = lambda: None,
+        project: str = DEFAULT_PROJECT,
     ) -> None:
         self._client = client
         self._store = store
@@ -86,6 +87,7 @@ class Poller:
         self._max_event_bytes = max_event_bytes
         self._detail_failures = detail_failures or DetailFailures()
         self._fence = fence  # the lease term this cycle polls under; raises LeaseLostError when not held
+        self.project = project
 
     async def poll_once(self) -> PollReport:
         """Run one cycle; raise VoucherifyError if the list itself could not be read."""
@@ -110,7 +112,7 @@ class Poller:
         newest = _newest(cursor.newest_created_at, window.items.values())
         result = CycleResult(
             snapshots=[c.snapshot for c in kept],
-            events=[(e, self._route(e)) for e in [*events, *stuck, *old_stuck]],
+            events=[(e, self._route(e)) for e in (in_project(e, self.project) for e in [*events, *stuck, *old_stuck])],
             forgotten=gone,
             stuck=[*stuck_ids, *old_stuck_ids],
             newest_created_at=newest if newest != cursor.newest_created_at else None,

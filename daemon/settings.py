@@ -23,6 +23,7 @@ from pydantic_settings import BaseSettings, EnvSettingsSource, NoDecode, Pydanti
 from pydantic_settings.sources.utils import parse_env_vars
 
 from daemon.errors import ConfigError
+from daemon.projects import ProjectSettings, ProjectSpec, check_project_name, resolve_projects
 from daemon.urls import POSTGRES_SCHEMES, describe_postgres_url, has_control_chars, parse_listen, postgres_password, redact_url
 
 PREFIX = "RELAY_"
@@ -136,6 +137,7 @@ def _check_events(events: list[str]) -> list[str]:
 TypeGlobs = Annotated[list[str], NoDecode, BeforeValidator(split_list), AfterValidator(_check_type_globs)]
 Outcomes = Annotated[list[str], NoDecode, BeforeValidator(split_list), AfterValidator(_check_outcomes)]
 EventKinds = Annotated[list[str], NoDecode, BeforeValidator(split_list), AfterValidator(_check_events)]
+ProjectNames = Annotated[list[str], NoDecode, BeforeValidator(split_list), AfterValidator(lambda names: [check_project_name(n) for n in names])]
 EVENT_KINDS = ("started", "completed", "failed", "stuck")
 DEFAULT_EVENTS = ("completed", "failed", "stuck")
 SLACK_API_URL = "https://slack.com/api/"
@@ -160,6 +162,7 @@ class SinkSettings(BaseModel):
     types: TypeGlobs = Field(default_factory=list)
     outcomes: Outcomes = Field(default_factory=list)
     min_interval_s: float = Field(default=1.0, ge=0, le=60)  # Slack: about one message a second per webhook
+    projects: ProjectNames | None = None  # None: every project's events
 
     @model_validator(mode="after")
     def _fields_fit_the_kind(self) -> SinkSettings:
@@ -197,12 +200,14 @@ class SinkSettings(BaseModel):
             return tuple(self.events)
         return EVENT_KINDS if self.kind == "slack_app" else DEFAULT_EVENTS
 
-    def accepts(self, *, action_type: str, outcome: str, event: str = "completed") -> bool:
-        """Whether this sink's filters let an event of this kind, action type and outcome through.
+    def accepts(self, *, action_type: str, outcome: str, event: str = "completed", project: str = "default") -> bool:
+        """Whether this sink's filters let an event of this kind, action type, outcome and project through.
 
         A started event has no outcome yet: a sink filtering on outcomes does not get it.
         """
         if event not in self.wanted_events() or (event == "started" and self.outcomes):
+            return False
+        if self.projects is not None and project not in self.projects:
             return False
         type_ok = not self.types or any(fnmatch.fnmatchcase(action_type.upper(), glob) for glob in self.types)
         return type_ok and (event == "started" or not self.outcomes or outcome in self.outcomes)
@@ -292,6 +297,7 @@ class RelaySettings(BaseSettings):
     slack_webhook_url: SecretStr | None = None
     stuck_after: Duration = timedelta(hours=1)
     sinks: dict[str, SinkSettings] = Field(default_factory=dict)
+    projects: dict[str, ProjectSpec] = Field(default_factory=dict)  # RELAY_PROJECTS__<NAME>__*: see all_projects()
     api_budget_per_hour: int | None = Field(default=None, ge=2)
     api_budget_per_month: int | None = Field(default=None, ge=100)
     billing_cycle_day: int = Field(default=1, ge=1, le=28)
@@ -380,6 +386,13 @@ class RelaySettings(BaseSettings):
             return {str(name).lower(): spec for name, spec in value.items()}
         return value
 
+    @field_validator("projects", mode="before")
+    @classmethod
+    def _project_names(cls, value: object) -> object:
+        if isinstance(value, Mapping):
+            return {check_project_name(str(name)): spec for name, spec in value.items()}
+        return value
+
     @classmethod
     def settings_customise_sources(
         cls,
@@ -415,9 +428,13 @@ class RelaySettings(BaseSettings):
             sinks.setdefault("slack", SinkSettings(kind="slack", url=self.slack_webhook_url))
         return sinks
 
+    def all_projects(self) -> dict[str, ProjectSettings]:
+        """Return every Voucherify project (the single-project variables are ``default``) with the global defaults applied."""
+        return resolve_projects(self.projects, self)
+
     def secret_values(self) -> list[str]:
         """Return every secret string, for the log redactor."""
-        values = [self.voucherify_app_token, self.webhook_secret, self.watch_token]
+        values = [self.voucherify_app_token, self.webhook_secret, self.watch_token, *(p.app_token for p in self.projects.values())]
         if self.state_kind == "postgres" and (password := postgres_password(self.state_url)):
             values.append(SecretStr(password))
         for sink in self.all_sinks().values():
@@ -480,10 +497,12 @@ def resolve_environment(env: dict[str, str]) -> dict[str, str]:
 
 
 def _check_requirements(settings: RelaySettings, *, require_api: bool, require_sink: bool) -> None:
-    if require_api and not settings.voucherify_app_id:
-        raise ConfigError(f"{PREFIX}VOUCHERIFY_APP_ID", "is required (Project settings > Application keys)")
-    if require_api and settings.voucherify_app_token is None:
+    single = bool(settings.voucherify_app_id) or settings.voucherify_app_token is not None
+    if require_api and (single or not settings.projects) and not settings.voucherify_app_id:
+        raise ConfigError(f"{PREFIX}VOUCHERIFY_APP_ID", "is required (Project settings > Application keys), or define RELAY_PROJECTS__<NAME>__APP_ID")
+    if require_api and (single or not settings.projects) and settings.voucherify_app_token is None:
         raise ConfigError(f"{PREFIX}VOUCHERIFY_APP_TOKEN", "is required (or RELAY_VOUCHERIFY_APP_TOKEN_FILE)")
+    _check_projects(settings)
     if settings.idle_poll_interval < settings.poll_interval:
         raise ConfigError(f"{PREFIX}IDLE_POLL_INTERVAL", f"must be at least RELAY_POLL_INTERVAL ({settings.poll_interval:g}s): it is the slow pace")
     for shortcut, name in (("WEBHOOK_URL", "webhook"), ("SLACK_WEBHOOK_URL", "slack")):
@@ -495,6 +514,19 @@ def _check_requirements(settings: RelaySettings, *, require_api: bool, require_s
         raise ConfigError(f"{PREFIX}WEBHOOK_SECRET", "is set but RELAY_WEBHOOK_URL is not")
     if require_sink and not settings.all_sinks():
         raise ConfigError(f"{PREFIX}WEBHOOK_URL", "no sink configured: set RELAY_WEBHOOK_URL, RELAY_SLACK_WEBHOOK_URL or RELAY_SINKS__<NAME>__KIND/URL")
+
+
+def _check_projects(settings: RelaySettings) -> None:
+    projects = settings.all_projects()
+    for name, sink in settings.sinks.items():
+        unknown = [p for p in sink.projects or () if p not in projects]
+        if unknown:
+            raise ConfigError(
+                f"{PREFIX}SINKS__{name.upper()}__PROJECTS", f"names project {unknown[0]!r}, which is not configured ({', '.join(projects) or 'none'})"
+            )
+    if settings.state_kind == "postgres" and set(projects) - {"default"}:
+        variable = f"{PREFIX}PROJECTS__{next(p for p in projects if p != 'default').upper()}__APP_ID"
+        raise ConfigError(variable, "named projects need a SQLite state database in this version (RELAY_STATE_URL=sqlite:///...)")
 
 
 def _config_error(exc: ValidationError) -> ConfigError:

@@ -13,6 +13,8 @@ from tests.conftest import APP_TOKEN, WEBHOOK_SECRET, relay_env
 
 BASE = {"RELAY_VOUCHERIFY_APP_ID": "app", "RELAY_VOUCHERIFY_APP_TOKEN": APP_TOKEN, "RELAY_WEBHOOK_URL": "https://hooks.example.com/in"}
 
+OPS_SINK = {"RELAY_SINKS__OPS__KIND": "webhook", "RELAY_SINKS__OPS__URL": "https://ops.example.com/in"}
+
 
 # The exhaustive table of bad environments is tests/unit/test_settings.py (in-process, every
 # setting); these few prove the exit-78 path end to end: required, malformed, nested, _FILE, secret.
@@ -24,6 +26,9 @@ BASE = {"RELAY_VOUCHERIFY_APP_ID": "app", "RELAY_VOUCHERIFY_APP_TOKEN": APP_TOKE
         ({"RELAY_WEBHOOK_SECRET": "not-a-secret"}, "RELAY_WEBHOOK_SECRET"),
         ({"RELAY_SINKS__OPS__KIND": "webhook"}, "RELAY_SINKS__OPS__URL"),
         ({"RELAY_VOUCHERIFY_APP_TOKEN_FILE": "/nonexistent/token"}, "RELAY_VOUCHERIFY_APP_TOKEN_FILE"),
+        ({"RELAY_PROJECTS__DEFAULT__APP_ID": "other", "RELAY_PROJECTS__DEFAULT__APP_TOKEN": APP_TOKEN}, "RELAY_PROJECTS__DEFAULT__APP_ID"),
+        ({**OPS_SINK, "RELAY_SINKS__OPS__PROJECTS": "eu"}, "RELAY_SINKS__OPS__PROJECTS"),
+        ({"RELAY_PROJECTS__EU__APP_ID": "eu-app", "RELAY_PROJECTS__EU__APP_TOKEN": APP_TOKEN}, "RELAY_PROJECTS__EU__APP_ID"),  # not polled yet: refused
     ],
 )
 async def test_bad_configuration_exits_78_naming_the_variable(run_cli, env, variable):

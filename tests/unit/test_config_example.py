@@ -7,12 +7,13 @@ from pathlib import Path
 
 import pytest
 
+from daemon.projects import ProjectSpec
 from daemon.settings import RelaySettings, SinkSettings, load_settings
 
 EXAMPLE = Path(__file__).parents[2] / "config" / "relay.env.example"
 TEXT = EXAMPLE.read_text(encoding="utf-8")
 SHOWN_DEFAULT = re.compile(r"^#(RELAY_[A-Z0-9_]+)=(.*)$", re.MULTILINE)
-TOP_LEVEL = sorted(name for name in RelaySettings.model_fields if name != "sinks")
+TOP_LEVEL = sorted(name for name in RelaySettings.model_fields if name not in {"sinks", "projects"})
 
 
 @pytest.mark.parametrize("field", TOP_LEVEL)
@@ -25,6 +26,12 @@ def test_every_setting_is_in_the_example(field):
 def test_every_sink_field_is_in_the_example(field):
     """Each named-sink field appears as RELAY_SINKS__<NAME>__<FIELD>= in the example."""
     assert re.search(rf"^#?RELAY_SINKS__OPS__{field.upper()}=", TEXT, re.MULTILINE), f"add RELAY_SINKS__OPS__{field.upper()} to {EXAMPLE.name}"
+
+
+@pytest.mark.parametrize("field", sorted(ProjectSpec.model_fields))
+def test_every_project_field_is_in_the_example(field):
+    """Each project field appears as RELAY_PROJECTS__<NAME>__<FIELD>= in the example."""
+    assert re.search(rf"^#?RELAY_PROJECTS__EU__{field.upper()}=", TEXT, re.MULTILINE), f"add RELAY_PROJECTS__EU__{field.upper()} to {EXAMPLE.name}"
 
 
 def shown_defaults() -> list[tuple[str, str]]:

@@ -73,6 +73,11 @@ def sink(field: str, variable: str, defect: str | None = None, /, **overrides: s
     return Bad(case.field, {**SINK, **case.overrides}, variable, defect)
 
 
+def eu_project(variable: str, /, **overrides: str | None) -> Bad:
+    """Build a case on a valid named project ``eu`` beside ``default``."""
+    return bad("projects", variable, None, PROJECTS__EU__APP_ID="eu-app", PROJECTS__EU__APP_TOKEN=APP_TOKEN, **overrides)
+
+
 CASES = [
     # voucherify
     bad("voucherify_api_url", "RELAY_VOUCHERIFY_API_URL", VOUCHERIFY_API_URL="api.voucherify.io"),
@@ -215,6 +220,32 @@ CASES = [
     sink("min_interval_s", "RELAY_SINKS__OPS__MIN_INTERVAL_S", SINKS__OPS__MIN_INTERVAL_S="61"),
     sink("min_interval_s", "RELAY_SINKS__OPS__MIN_INTERVAL_S", SINKS__OPS__MIN_INTERVAL_S="1s"),
     sink("extra", "RELAY_SINKS__OPS__COLOR", SINKS__OPS__COLOR="red"),  # a typo in a sink field
+    sink("projects", "RELAY_SINKS__OPS__PROJECTS", SINKS__OPS__PROJECTS="eu"),  # no such project
+    sink("projects", "RELAY_SINKS__OPS__PROJECTS", SINKS__OPS__PROJECTS="default,Bad-Name"),
+    # several projects
+    bad("projects", "RELAY_PROJECTS__DEFAULT__APP_ID", PROJECTS__DEFAULT__APP_ID="other", PROJECTS__DEFAULT__APP_TOKEN=APP_TOKEN),  # both styles
+    bad("projects", "RELAY_PROJECTS", PROJECTS__1EU__APP_ID="x", PROJECTS__1EU__APP_TOKEN=APP_TOKEN),  # starts with a digit
+    bad("projects", "RELAY_PROJECTS__EU__APP_TOKEN", PROJECTS__EU__APP_ID="eu-app"),
+    bad("projects", "RELAY_PROJECTS__EU__APP_ID", PROJECTS__EU__APP_TOKEN=APP_TOKEN),
+    eu_project("RELAY_PROJECTS__EU__API_URL", PROJECTS__EU__API_URL="eu.example"),
+    eu_project("RELAY_PROJECTS__EU__POLL_INTERVAL", PROJECTS__EU__POLL_INTERVAL="0"),
+    bad(
+        "projects",
+        "RELAY_PROJECTS__EU__IDLE_POLL_INTERVAL",
+        PROJECTS__EU__APP_ID="e",
+        PROJECTS__EU__APP_TOKEN=APP_TOKEN,
+        PROJECTS__EU__POLL_INTERVAL="60",
+        PROJECTS__EU__IDLE_POLL_INTERVAL="30",
+    ),
+    eu_project("RELAY_PROJECTS__EU__BACKFILL", PROJECTS__EU__BACKFILL="soon"),
+    bad(
+        "projects",
+        "RELAY_PROJECTS__EU__API_BUDGET_PER_HOUR",
+        PROJECTS__EU__APP_ID="e",
+        PROJECTS__EU__APP_TOKEN=APP_TOKEN,
+        PROJECTS__EU__API_BUDGET_PER_HOUR="1",
+    ),
+    eu_project("RELAY_PROJECTS__EU__REGION", PROJECTS__EU__REGION="eu"),  # a typo
 ]
 
 
@@ -315,6 +346,38 @@ def test_a_sink_url_is_shown_without_its_secret_parts(url, shown, kind, tmp_path
     settings = load_settings(env)
     assert settings.all_sinks()["ops"].display_url() == shown
     assert (url in settings.secret_values()) == (shown != url)
+
+
+def test_named_projects_take_the_global_defaults_and_keep_their_own(tmp_path):
+    """RELAY_PROJECTS__<NAME>__* define lower-cased projects beside `default`; unset fields fall back to the global settings."""
+    env = {
+        **base_env(tmp_path),
+        "RELAY_POLL_INTERVAL": "20",
+        "RELAY_PROJECTS__EU__APP_ID": "eu-app",
+        "RELAY_PROJECTS__EU__APP_TOKEN": APP_TOKEN,
+        "RELAY_PROJECTS__US__APP_ID": "us-app",
+        "RELAY_PROJECTS__US__APP_TOKEN": APP_TOKEN,
+        "RELAY_PROJECTS__US__API_URL": "https://us1.api.voucherify.io/",
+        "RELAY_PROJECTS__US__POLL_INTERVAL": "5",
+        "RELAY_SINKS__OPS__KIND": "webhook",
+        "RELAY_SINKS__OPS__URL": "https://ops.example.com/in",
+        "RELAY_SINKS__OPS__PROJECTS": "EU,us",
+    }
+    settings = load_settings(env)
+    projects = settings.all_projects()
+    assert list(projects) == ["default", "eu", "us"]
+    assert (projects["eu"].api_url, projects["eu"].poll_interval) == ("https://api.voucherify.io", 20)
+    assert (projects["us"].api_url, projects["us"].poll_interval, projects["us"].app_id) == ("https://us1.api.voucherify.io", 5, "us-app")
+    ops = settings.all_sinks()["ops"]
+    assert ops.accepts(action_type="X", outcome="success", project="us")
+    assert not ops.accepts(action_type="X", outcome="success", project="default")
+
+
+def test_named_projects_alone_need_no_single_project_variables(tmp_path):
+    """A deployment of only named projects needs no RELAY_VOUCHERIFY_APP_ID; there is no `default` project then."""
+    env = {k: v for k, v in base_env(tmp_path).items() if "VOUCHERIFY" not in k}
+    env |= {"RELAY_PROJECTS__EU__APP_ID": "eu-app", "RELAY_PROJECTS__EU__APP_TOKEN": APP_TOKEN}
+    assert list(load_settings(env).all_projects()) == ["eu"]
 
 
 def test_the_base_environment_is_valid(tmp_path):
