@@ -1,0 +1,83 @@
+"""Three real relay processes on one PostgreSQL database: one poller, a shared outbox, failover by SIGKILL, SIGSTOP, SIGTERM.
+
+Each replica reaches the stand-in through a TCP proxy of its own, so the test knows which
+replica sent each Voucherify request. The lease TTL is 3 s here, so a dead leader is
+replaced within TTL + a follower retry (3.3 s), well inside the TTL + 2 s the tests allow.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections import defaultdict
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from urllib.parse import urlsplit
+
+import pytest
+
+from bench.replica_set import ReplicaSet
+from daemon.demo.receiver import RecordingReceiver
+from daemon.demo.standin import VoucherifyStandIn
+from tests.conftest import relay_env, until, watch_output
+from tests.fakes.tcp_proxy import TcpProxy
+
+pytestmark = pytest.mark.postgres
+
+TTL_S = 3.0
+TYPE = "CUSTOMERS.IMPORT_CSV"
+LIST = "GET /v1/async-actions?"
+
+
+@asynccontextmanager
+async def cluster(tmp_path, standin: VoucherifyStandIn, receiver: RecordingReceiver, state_url: str) -> AsyncIterator[tuple[ReplicaSet, list[TcpProxy]]]:
+    """Run r1..r3 on ``state_url``, each reaching the stand-in through its own proxy; stop them all after the block."""
+    api = urlsplit(standin.base_url)
+    proxies = [TcpProxy(api.hostname or "127.0.0.1", api.port or 80) for _ in range(3)]
+    for proxy in proxies:
+        await proxy.start()
+    env = relay_env(tmp_path, standin, receiver, state_url=state_url, lease_ttl=f"{TTL_S}s", poll_interval="0.2", idle_poll_interval="0.2")
+    replicas = ReplicaSet(env, per_replica=[{"RELAY_VOUCHERIFY_API_URL": f"http://127.0.0.1:{p.port}"} for p in proxies])
+    watch_output(replicas.output)
+    await replicas.start()
+    try:
+        yield replicas, proxies
+    finally:
+        codes = await replicas.stop()
+        for proxy in proxies:
+            await proxy.close()
+        assert not [line for line in replicas.output().splitlines() if "Traceback" in line or '"level": "critical"' in line], "no replica crashed"
+        assert all(code in (0, -9) for code in codes), codes
+
+
+def pollers(proxies: list[TcpProxy], *, since: float = 0.0) -> list[int]:
+    """Return the indexes of the replicas that sent a list request after ``since``."""
+    return [n for n, proxy in enumerate(proxies) if proxy.since(since, LIST)]
+
+
+def assert_each_event_once_per_id(receiver: RecordingReceiver, action_ids: list[str], *, exactly_once: bool) -> None:
+    """Every action arrived; each under one webhook-id only; once each when ``exactly_once``."""
+    ids_per_action: dict[str, set[str]] = defaultdict(set)
+    for received in receiver.delivered:
+        ids_per_action[received.envelope["data"]["id"]].add(received.event_id)
+    assert sorted(ids_per_action) == sorted(action_ids), "nothing lost, nothing unexpected"
+    assert all(len(ids) == 1 for ids in ids_per_action.values()), "redeliveries only under the same webhook-id"
+    if exactly_once:
+        assert len(receiver.delivered) == len(action_ids), "each webhook-id delivered once"
+
+
+async def test_three_replicas_one_poller_every_event_delivered_once(tmp_path, standin: VoucherifyStandIn, receiver: RecordingReceiver, pg_url):
+    """Three replica processes on one database: only one sends list requests, one reports leader 1, every completion arrives once."""
+    running = [standin.add_action(TYPE) for _ in range(6)]
+    async with cluster(tmp_path, standin, receiver, pg_url) as (replicas, proxies):
+        leader = await replicas.next_leader()
+        await until(lambda: standin.count("list") >= 5, timeout_s=15)
+        for action_id in running:
+            standin.complete_action(action_id, example=TYPE)
+        await until(lambda: len(receiver.delivered) >= len(running), timeout_s=15)
+        await asyncio.sleep(1.0)  # room for a duplicate to show up
+        gauges = [await asyncio.to_thread(r.http_get, "/metrics") for r in replicas.replicas]
+        assert [("voucherify_relay_leader 1.0" in body) for _, body in gauges] == [r is leader for r in replicas.replicas]
+        assert pollers(proxies) == [replicas.replicas.index(leader)], "only the leader polls"
+        ready = [(await asyncio.to_thread(r.http_get, "/readyz"))[0] for r in replicas.replicas]
+        assert ready == [200, 200, 200], "followers are ready too"
+    assert_each_event_once_per_id(receiver, running, exactly_once=True)
