@@ -50,9 +50,11 @@ class Replica:
     records: list[dict[str, Any]] = field(default_factory=list)
     proc: asyncio.subprocess.Process | None = None
     _reader: asyncio.Task[None] | None = None
+    _run_from: int = 0  # index in ``records`` where the current run's lines begin
 
     async def start(self) -> None:
         """Start the process (again, after a kill) with the same name and port."""
+        self._run_from = len(self.records)
         self.proc = await asyncio.create_subprocess_exec(
             sys.executable, "-m", "daemon", "run", env=child_env(self.env), stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT
         )
@@ -96,9 +98,13 @@ class Replica:
         """Return this replica's log records named ``name``."""
         return [r for r in self.records if r.get("event") == name]
 
+    def started(self) -> bool:
+        """Tell whether the current run has logged ``relay.started`` (its signal handlers are in place)."""
+        return any(r.get("event") == "relay.started" for r in self.records[self._run_from :])
+
     def leading(self) -> bool:
         """Tell whether the log's last leadership line says this replica holds the lease."""
-        changes = [r["event"] for r in self.records if r.get("event") in ("lease.acquired", "lease.lost", "lease.released")]
+        changes = [r["event"] for r in self.records[self._run_from :] if r.get("event") in ("lease.acquired", "lease.lost", "lease.released")]
         return self.alive and bool(changes) and changes[-1] == "lease.acquired"
 
     def leadership(self) -> list[tuple[datetime, datetime | None]]:
@@ -147,6 +153,7 @@ class ReplicaSet:
     async def stop(self) -> list[int]:
         """SIGTERM every running replica (SIGCONT first, in case one is stopped); SIGKILL what has not exited in 15 s."""
         codes = []
+        await self._all_started(timeout_s=15)  # a SIGTERM before the handlers are in place would kill, not stop
         for replica in self.replicas:
             if not replica.alive:
                 continue
@@ -161,6 +168,12 @@ class ReplicaSet:
                 await replica.kill()
                 codes.append(-9)
         return codes
+
+    async def _all_started(self, *, timeout_s: float) -> None:
+        """Wait (at most ``timeout_s``) until every running replica has logged relay.started."""
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline and not all(r.started() for r in self.replicas if r.alive):  # noqa: ASYNC110 - the log is read by another task
+            await asyncio.sleep(0.05)
 
     def leaders(self) -> list[Replica]:
         """Return the running replicas whose log says they hold the lease."""

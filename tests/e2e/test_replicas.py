@@ -8,6 +8,8 @@ replaced within TTL + a follower retry (3.3 s), well inside the TTL + 2 s the te
 from __future__ import annotations
 
 import asyncio
+import signal
+import time
 from collections import defaultdict
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -15,7 +17,7 @@ from urllib.parse import urlsplit
 
 import pytest
 
-from bench.replica_set import ReplicaSet
+from bench.replica_set import Replica, ReplicaSet
 from daemon.demo.receiver import RecordingReceiver
 from daemon.demo.standin import VoucherifyStandIn
 from tests.conftest import relay_env, until, watch_output
@@ -81,3 +83,37 @@ async def test_three_replicas_one_poller_every_event_delivered_once(tmp_path, st
         ready = [(await asyncio.to_thread(r.http_get, "/readyz"))[0] for r in replicas.replicas]
         assert ready == [200, 200, 200], "followers are ready too"
     assert_each_event_once_per_id(receiver, running, exactly_once=True)
+
+
+async def killed_and_replaced(replicas: ReplicaSet, proxies: list[TcpProxy], leader: Replica, signum: signal.Signals) -> tuple[Replica, float]:
+    """Send ``signum`` to the leader; wait for another replica to hold the lease; return it and the seconds until its first list request."""
+    sent_at = time.monotonic()
+    leader.signal(signum)
+    successor = await replicas.next_leader(other_than=leader, timeout_s=TTL_S + 5)
+    index = replicas.replicas.index(successor)
+    await until(lambda: proxies[index].since(sent_at, LIST), timeout_s=TTL_S + 5)
+    return successor, proxies[index].since(sent_at, LIST)[0] - sent_at
+
+
+async def test_sigkill_of_the_leader_three_times_loses_nothing_and_polling_resumes_within_ttl(tmp_path, standin, receiver, pg_url):
+    """SIGKILL the leader thrice while actions complete: another replica polls within TTL + 2 s each time, all events arrive, copies share a webhook-id."""
+    completed: list[str] = []
+    async with cluster(tmp_path, standin, receiver, pg_url) as (replicas, proxies):
+        leader = await replicas.next_leader()
+        for _ in range(3):
+            batch = [standin.add_action(TYPE) for _ in range(4)]
+            seen = standin.count("list")
+            await until(lambda seen=seen: standin.count("list") >= seen + 3, timeout_s=10)
+            for action_id in batch[:2]:
+                standin.complete_action(action_id, example=TYPE)
+            successor, resumed_s = await killed_and_replaced(replicas, proxies, leader, signal.SIGKILL)
+            for action_id in batch[2:]:
+                standin.complete_action(action_id, example=TYPE)
+            completed += batch
+            assert resumed_s <= TTL_S + 2, f"polling resumed {resumed_s:.1f}s after the kill"
+            await leader.wait()
+            await leader.start()  # the orchestrator restarts it; it joins as a follower
+            leader = successor
+        await until(lambda: {r.envelope["data"]["id"] for r in receiver.delivered} >= set(completed), timeout_s=20)
+        await asyncio.sleep(1.0)
+    assert_each_event_once_per_id(receiver, completed, exactly_once=False)
