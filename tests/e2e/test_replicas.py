@@ -11,15 +11,19 @@ import asyncio
 import signal
 import time
 from collections import defaultdict
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
+from datetime import UTC, datetime
+from http import HTTPStatus
 from urllib.parse import urlsplit
 
+import psycopg
 import pytest
 
 from bench.replica_set import Replica, ReplicaSet
 from daemon.demo.receiver import RecordingReceiver
 from daemon.demo.standin import VoucherifyStandIn
+from daemon.store.postgres_schema import SCHEMA_VERSION
 from tests.conftest import relay_env, until, watch_output
 from tests.fakes.tcp_proxy import TcpProxy
 
@@ -117,3 +121,95 @@ async def test_sigkill_of_the_leader_three_times_loses_nothing_and_polling_resum
         await until(lambda: {r.envelope["data"]["id"] for r in receiver.delivered} >= set(completed), timeout_s=20)
         await asyncio.sleep(1.0)
     assert_each_event_once_per_id(receiver, completed, exactly_once=False)
+
+
+def after(replica: Replica, event: str, moment: datetime) -> list[dict[str, object]]:
+    """Return ``replica``'s log records named ``event`` stamped after ``moment``."""
+    return [r for r in replica.events(event) if datetime.fromisoformat(str(r["timestamp"])) > moment]
+
+
+async def test_a_leader_paused_past_its_lease_neither_polls_nor_commits_after_it_wakes(tmp_path, standin, receiver, pg_url):
+    """SIGSTOP the leader past its lease: another replica takes over; after SIGCONT the old one logs lease.lost and sends nothing, commits nothing."""
+    batch = [standin.add_action(TYPE) for _ in range(4)]
+    async with cluster(tmp_path, standin, receiver, pg_url) as (replicas, proxies):
+        old = await replicas.next_leader()
+        await until(lambda: standin.count("list") >= 3, timeout_s=10)
+        standin.complete_action(batch[0], example=TYPE)
+        successor, _ = await killed_and_replaced(replicas, proxies, old, signal.SIGSTOP)
+        for action_id in batch[1:]:
+            standin.complete_action(action_id, example=TYPE)
+        await asyncio.sleep(0.5)
+        woke_at, woke_wall = time.monotonic(), datetime.now(UTC)
+        old.signal(signal.SIGCONT)
+        await until(lambda: bool(after(old, "lease.lost", woke_wall)), timeout_s=5)
+        await until(lambda: {r.envelope["data"]["id"] for r in receiver.delivered} >= set(batch), timeout_s=15)
+        await asyncio.sleep(0.5)
+        index = replicas.replicas.index(old)
+        assert proxies[index].since(woke_at, "GET ") == [], "the woken replica sent no Voucherify request"
+        # a cycle under way at SIGSTOP may finish on waking, but only one with nothing to write (commit_cycle skips it);
+        # anything it would have written is fenced off (poll.fenced)
+        late = [(r["transitions"], r["events"]) for r in after(old, "poll.completed", woke_wall)]
+        assert set(late) <= {(0, 0)}, f"the woken replica committed a cycle: {late}"
+        assert successor.leading()
+        assert pollers(proxies, since=woke_at) == [replicas.replicas.index(successor)]
+    assert_each_event_once_per_id(receiver, batch, exactly_once=False)
+
+
+async def test_replicas_started_together_on_an_empty_database_migrate_once_and_sigterm_hands_over_within_a_second(tmp_path, standin, receiver, pg_url):
+    """Three replicas started at once on an empty database: one transaction migrates, none crashes; SIGTERM on the leader hands over in under a second."""
+    async with cluster(tmp_path, standin, receiver, pg_url) as (replicas, proxies):
+        leader = await replicas.next_leader()
+        await until(lambda: all(r.started() for r in replicas.replicas), timeout_s=15)
+        with psycopg.connect(pg_url) as conn:
+            rows = conn.execute("SELECT count(*), count(DISTINCT applied_at), min(version), max(version) FROM schema_migrations").fetchone()
+        assert rows == (SCHEMA_VERSION, 1, 1, SCHEMA_VERSION), "every migration once, all in one transaction"
+        successor, resumed_s = await killed_and_replaced(replicas, proxies, leader, signal.SIGTERM)
+        assert await leader.wait() == 0
+        assert leader.events("lease.released"), "the lease was released"
+        assert resumed_s < 1.0, f"the next replica polled {resumed_s:.2f}s after SIGTERM"
+        assert successor.leading()
+
+
+async def ready_statuses(replicas: ReplicaSet) -> list[int]:
+    """Return each replica's /readyz status."""
+    return [(await asyncio.to_thread(r.http_get, "/readyz"))[0] for r in replicas.replicas]
+
+
+async def test_replicas_ride_out_a_database_restart_and_lose_nothing(tmp_path, standin, receiver, pg_url):
+    """Cut every PostgreSQL connection and refuse new ones for a while as actions complete: replicas go unready, then recover alone; each event arrives."""
+    server = urlsplit(pg_url)
+    database = TcpProxy(server.hostname or "127.0.0.1", server.port or 5432)
+    await database.start()
+    batch = [standin.add_action(TYPE) for _ in range(6)]
+    try:
+        async with cluster(tmp_path, standin, receiver, pg_url.replace(f":{server.port}/", f":{database.port}/")) as (replicas, _):
+            await replicas.next_leader()
+            await until(lambda: standin.count("list") >= 3, timeout_s=10)
+            standin.complete_action(batch[0], example=TYPE)
+            await until(lambda: len(receiver.delivered) >= 1, timeout_s=10)
+            await database.cut()
+            for action_id in batch[1:]:
+                standin.complete_action(action_id, example=TYPE)
+            await until(_all_not_ready(replicas), timeout_s=TTL_S + 4)
+            await database.restore()
+            await until(_all_ready(replicas), timeout_s=20)
+            await replicas.next_leader(timeout_s=10)
+            await until(lambda: {r.envelope["data"]["id"] for r in receiver.delivered} >= set(batch), timeout_s=20)
+            await asyncio.sleep(0.5)
+    finally:
+        await database.close()
+    assert_each_event_once_per_id(receiver, batch, exactly_once=False)
+
+
+def _all_not_ready(replicas: ReplicaSet) -> Callable[[], Awaitable[bool]]:
+    async def check() -> bool:
+        return all(status == HTTPStatus.SERVICE_UNAVAILABLE for status in await ready_statuses(replicas))
+
+    return check
+
+
+def _all_ready(replicas: ReplicaSet) -> Callable[[], Awaitable[bool]]:
+    async def check() -> bool:
+        return all(status == HTTPStatus.OK for status in await ready_statuses(replicas))
+
+    return check
