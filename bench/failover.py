@@ -1,0 +1,248 @@
+"""Failover on PostgreSQL: three real replicas, the leader SIGKILLed, SIGSTOPped and SIGTERMed again and again.
+
+Three ``voucherify-relay run`` processes share one fresh database on the server named by
+RELAY_BENCH_POSTGRES_URL (or RELAY_TEST_POSTGRES_URL) and poll an in-process stand-in
+while actions keep completing (one every 0.2 s). Per mode the leader gets the signal
+``--kills`` times; the failover time is from the signal to the first list request the
+stand-in receives afterwards (a SIGSTOPped leader sends nothing, a killed one cannot).
+A killed or terminated replica is started again; a stopped one gets SIGCONT once the
+successor polls. At the end every completed action must have arrived; copies of an
+event (same webhook-id) count as duplicate deliveries.
+
+Then delivery throughput from the shared outbox: ``--events`` events enqueued in one
+transaction, drained by one and then three replicas into a receiver in its own process,
+next to a bare aiohttp loop posting the same bodies with the same concurrency (4, the
+webhook sink's default) to the same receiver.
+
+    python -m bench.failover [--kills 20] [--ttl 10] [--events 2000] [--json out.json]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import secrets
+import signal
+import statistics
+import sys
+import tempfile
+import time
+from collections import Counter
+from collections.abc import AsyncIterator, Iterator
+from datetime import UTC, datetime
+from pathlib import Path
+from urllib.parse import urlsplit, urlunsplit
+
+if __package__ in (None, ""):
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+import psycopg
+from psycopg import sql
+
+from bench.common import APP_ID, APP_TOKEN, Section, base_parser, env_int, finish, fmt, markdown_table, receiver_process, sample_events
+from bench.common import relay_env as bench_env
+from bench.replica_set import Replica, ReplicaSet
+from bench.throughput import received, run_bare
+from daemon.demo.receiver import RecordingReceiver
+from daemon.demo.standin import VoucherifyStandIn
+from daemon.store import CycleResult
+from daemon.store.postgres import open_postgres
+
+TYPE = "CUSTOMERS.IMPORT_CSV"
+MODES = (signal.SIGKILL, signal.SIGSTOP, signal.SIGTERM)
+
+
+def server_url() -> str:
+    """Return the PostgreSQL server to create the bench database on."""
+    import os  # noqa: PLC0415 - read once, here
+
+    url = os.environ.get("RELAY_BENCH_POSTGRES_URL") or os.environ.get("RELAY_TEST_POSTGRES_URL")
+    if not url:
+        sys.exit("set RELAY_BENCH_POSTGRES_URL (or RELAY_TEST_POSTGRES_URL) to a PostgreSQL server, e.g. postgresql://postgres@127.0.0.1:5432/test")
+    return url
+
+
+@contextlib.contextmanager
+def fresh_database(server: str) -> Iterator[str]:
+    """Create a uniquely named database; drop it afterwards."""
+    name = f"relay_bench_{secrets.token_hex(4)}"
+    with psycopg.connect(server, autocommit=True) as conn:
+        conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
+    try:
+        yield urlunsplit(urlsplit(server)._replace(path=f"/{name}"))
+    finally:
+        with psycopg.connect(server, autocommit=True) as conn:
+            conn.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name)))
+
+
+@contextlib.asynccontextmanager
+async def replica_set(env: dict[str, str], count: int) -> AsyncIterator[ReplicaSet]:
+    """Run ``count`` replicas; stop them afterwards."""
+    replicas = ReplicaSet(env, count=count)
+    await replicas.start()
+    try:
+        yield replicas
+    finally:
+        await replicas.stop()
+
+
+async def complete_steadily(standin: VoucherifyStandIn, completed: list[str], stop: asyncio.Event) -> None:
+    """Keep one action running and complete one every 0.2 s until ``stop``."""
+    running = standin.add_action(TYPE)
+    while not stop.is_set():
+        await asyncio.sleep(0.2)
+        standin.complete_action(running, example=TYPE)
+        completed.append(running)
+        running = standin.add_action(TYPE)
+
+
+def first_list_after(standin: VoucherifyStandIn, moment: datetime) -> datetime | None:
+    """Return when the stand-in received its first list request after ``moment``."""
+    return next((r.at for r in standin.requests if r.kind == "list" and r.at > moment), None)
+
+
+async def one_failover(replicas: ReplicaSet, standin: VoucherifyStandIn, signum: signal.Signals, *, timeout_s: float) -> float:
+    """Signal the leader; return the seconds until the next list request; bring the old leader back as a follower."""
+    leader = await replicas.next_leader(timeout_s=timeout_s)
+    await asyncio.sleep(0.5)
+    sent_at = datetime.now(UTC)
+    leader.signal(signum)
+    deadline = time.monotonic() + timeout_s
+    while (polled := first_list_after(standin, sent_at)) is None and time.monotonic() < deadline:  # noqa: ASYNC110 - the stand-in records
+        await asyncio.sleep(0.01)
+    if polled is None:
+        msg = f"no list request within {timeout_s}s after {signum.name}"
+        raise TimeoutError(msg)
+    await rejoin(leader, signum)
+    return (polled - sent_at).total_seconds()
+
+
+async def rejoin(replica: Replica, signum: signal.Signals) -> None:
+    """Bring a signalled leader back as a follower: SIGCONT, or a restart after it exited."""
+    if signum == signal.SIGSTOP:
+        replica.signal(signal.SIGCONT)
+        return
+    await replica.wait(timeout_s=30)
+    await replica.start()
+
+
+async def failovers(server: str, *, kills: int, ttl_s: float) -> dict[str, object]:
+    """Run the kill, stop and term series on one replica set; return the figures."""
+    standin, hook = VoucherifyStandIn(app_id=APP_ID, app_token=APP_TOKEN), RecordingReceiver()
+    await standin.start()
+    await hook.start()
+    completed: list[str] = []
+    stop = asyncio.Event()
+    times: dict[str, list[float]] = {}
+    try:
+        with fresh_database(server) as url:
+            env = bench_env(
+                tempfile.gettempdir(), standin.base_url, hook.url, {"RELAY_STATE_URL": url, "RELAY_LEASE_TTL": f"{ttl_s}s", "RELAY_LOG_LEVEL": "info"}
+            )
+            env |= {"RELAY_POLL_INTERVAL": "1", "RELAY_IDLE_POLL_INTERVAL": "1"}
+            async with replica_set(env, 3) as replicas:
+                flow = asyncio.create_task(complete_steadily(standin, completed, stop))
+                for signum in MODES:
+                    times[signum.name] = []
+                    for n in range(kills):
+                        times[signum.name].append(await one_failover(replicas, standin, signum, timeout_s=ttl_s * 3))
+                        print(f"failover: {signum.name} {n + 1}/{kills}: {times[signum.name][-1]:.2f}s", flush=True)
+                stop.set()
+                await flow
+                await wait_delivered(hook, completed, timeout_s=ttl_s * 3)
+    finally:
+        await hook.close()
+        await standin.close()
+    copies = Counter(r.envelope["data"]["id"] for r in hook.delivered)
+    ids = {r.event_id for r in hook.delivered}
+    missing = sorted(set(completed) - set(copies))
+    return {"times": times, "events": len(completed), "deliveries": len(hook.delivered), "unique": len(ids), "missing": missing, "copies": copies}
+
+
+async def wait_delivered(hook: RecordingReceiver, completed: list[str], *, timeout_s: float) -> None:
+    """Wait until every completed action has arrived (or ``timeout_s`` passed)."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline and not {r.envelope["data"]["id"] for r in hook.delivered} >= set(completed):  # noqa: ASYNC110 - the receiver records
+        await asyncio.sleep(0.1)
+
+
+async def drain_rate(server: str, hook_url: str, *, events: int, replicas: int) -> float:
+    """Enqueue ``events`` in one transaction and return events/s until the receiver has them all, drained by ``replicas`` replicas."""
+    standin = VoucherifyStandIn(app_id=APP_ID, app_token=APP_TOKEN)
+    await standin.start()
+    try:
+        with fresh_database(server) as url:
+            env = bench_env(tempfile.gettempdir(), standin.base_url, hook_url, {"RELAY_STATE_URL": url, "RELAY_LOG_LEVEL": "info"})
+            async with replica_set(env, replicas) as running:
+                await running.next_leader()
+                store = await open_postgres(url)
+                before = received(hook_url)
+                started = time.perf_counter()
+                await store.actions.commit_cycle(CycleResult(snapshots=[], events=[(e, ["webhook"]) for e in sample_events(events)]), now=time.time())
+                await store.close()
+                while received(hook_url) - before < events:  # noqa: ASYNC110 - another process receives
+                    await asyncio.sleep(0.05)
+                return events / (time.perf_counter() - started)
+    finally:
+        await standin.close()
+
+
+async def throughput(server: str, *, events: int) -> dict[str, float]:
+    """Measure bare, one replica and three replicas against one receiver process."""
+    with receiver_process() as hook_url:
+        bodies = [e.body() for e in sample_events(events)]
+        bare = (await run_bare(hook_url, bodies, concurrency=4))["events_per_s"]
+        one = await drain_rate(server, hook_url, events=events, replicas=1)
+        three = await drain_rate(server, hook_url, events=events, replicas=3)
+    return {"bare": bare, "one": one, "three": three}
+
+
+def build_section(fail: dict[str, object], rates: dict[str, float], *, kills: int, ttl_s: float, events: int) -> Section:
+    """Tabulate the failover times, duplicates and throughput."""
+    times: dict[str, list[float]] = fail["times"]  # type: ignore[assignment]
+    rows = [[name, len(t), fmt(statistics.median(t)), fmt(max(t))] for name, t in times.items()]
+    dups = int(fail["deliveries"]) - int(fail["unique"])  # type: ignore[call-overload]
+    per_1000 = 1000 * dups / max(1, int(fail["events"]))  # type: ignore[call-overload]
+    body = markdown_table(["signal to the leader", "runs", "median s", "max s"], rows)
+    body += f"\n\nTTL {ttl_s:g} s. Events completed across the runs: {fail['events']}; missing: {len(fail['missing'])}; "  # type: ignore[arg-type]
+    body += f"duplicate deliveries: {dups} ({per_1000:.1f} per 1,000 events), all under the first webhook-id.\n\n"
+    tput = [["bare aiohttp loop", fmt(rates["bare"], 0), "1.00"]]
+    tput += [[f"{n} replica(s)", fmt(rates[k], 0), fmt(rates[k] / rates["bare"])] for n, k in ((1, "one"), (3, "three"))]
+    body += markdown_table(["sender", "events/s", "x bare"], tput) + f"\n\n{events} events, concurrency 4 per replica.\n"
+    raw = {"kills": kills, "ttl_s": ttl_s, "times": times, "duplicates_per_1000": per_1000, "missing": len(fail["missing"]), "throughput": rates}  # type: ignore[arg-type]
+    worst = {name: max(t) for name, t in times.items()}
+    summary = [
+        ["failover after SIGKILL, max", f"{fmt(worst['SIGKILL'])} s", "<= 12 s", "met" if worst["SIGKILL"] <= 12 else "MISSED"],
+        ["failover after SIGSTOP, max", f"{fmt(worst['SIGSTOP'])} s", "<= 12 s", "met" if worst["SIGSTOP"] <= 12 else "MISSED"],
+        ["handover after SIGTERM, max", f"{fmt(worst['SIGTERM'])} s", "< 1 s", "met" if worst["SIGTERM"] < 1 else "MISSED"],
+        ["duplicates per 1,000 events", f"{per_1000:.1f}", "", ""],
+        ["1 replica / bare", fmt(rates["one"] / rates["bare"]), ">= 0.8", "met" if rates["one"] / rates["bare"] >= 0.8 else "MISSED"],
+        ["3 replicas / bare", fmt(rates["three"] / rates["bare"]), "", ""],
+    ]
+    return Section(name="failover", title="Failover and shared-outbox throughput on PostgreSQL", summary=summary, markdown=body, raw=raw)
+
+
+def parse_args() -> argparse.Namespace:
+    """Read the command line."""
+    parser = base_parser(__doc__)
+    parser.add_argument("--kills", type=int, default=env_int("FAILOVER_KILLS", 20), help="signals per mode (20)")
+    parser.add_argument("--ttl", type=float, default=10.0, help="RELAY_LEASE_TTL in seconds (10, the default)")
+    parser.add_argument("--events", type=int, default=2000, help="events for the throughput runs (2000)")
+    return parser.parse_args()
+
+
+def main() -> None:
+    """Run the failover series and the throughput runs; print the section."""
+    args = parse_args()
+    server = server_url()
+    rates = asyncio.run(throughput(server, events=args.events))
+    print(f"throughput: {rates}", flush=True)
+    fail = asyncio.run(failovers(server, kills=args.kills, ttl_s=args.ttl))
+    section = build_section(fail, rates, kills=args.kills, ttl_s=args.ttl, events=args.events)
+    finish(section, args.json)
+    print(section.markdown)
+
+
+if __name__ == "__main__":
+    main()
