@@ -190,7 +190,7 @@ async def test_replicas_ride_out_a_database_restart_and_lose_nothing(tmp_path, s
             await database.cut()
             for action_id in batch[1:]:
                 standin.complete_action(action_id, example=TYPE)
-            await until(_all_not_ready(replicas), timeout_s=TTL_S + 4)
+            await until(_all_not_ready(replicas), timeout_s=TTL_S + 12)  # slack for a loaded machine: the point is that they all go unready
             await database.restore()
             await until(_all_ready(replicas), timeout_s=20)
             await replicas.next_leader(timeout_s=10)
