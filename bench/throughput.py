@@ -32,7 +32,7 @@ from pydantic import SecretStr
 from bench.common import WEBHOOK_SECRET, Section, base_parser, env_int, finish, fmt, markdown_table, quiet_logs, receiver_process, sample_events
 from daemon.delivery_policy import DeliveryPolicy
 from daemon.outbox import Dispatcher
-from daemon.settings import SinkSettings
+from daemon.sink_settings import SinkSettings
 from daemon.sinks.webhook import WebhookSink
 from daemon.store import CycleResult
 from daemon.store.sqlite import open_sqlite

@@ -29,7 +29,8 @@ from daemon.outbox import Dispatcher
 from daemon.pacing import AUTH_BACKOFF_S
 from daemon.poll_loop import BLOCKED_UNTIL
 from daemon.poller import Poller
-from daemon.settings import RelaySettings, SinkSettings
+from daemon.settings import RelaySettings
+from daemon.sink_settings import SinkSettings
 from daemon.sinks import Sink
 from daemon.sinks.slack import SlackSink
 from daemon.sinks.slack_app import SlackAppSink

@@ -23,7 +23,7 @@ _PREFIX = "RELAY_PROJECTS__"
 
 
 def _duration(value: object) -> object:
-    from daemon.settings import parse_duration  # noqa: PLC0415 - settings imports this module
+    from daemon.sink_settings import parse_duration  # noqa: PLC0415 - settings imports this module
 
     return parse_duration(value)
 
@@ -45,21 +45,21 @@ class ProjectSpec(BaseModel):
     @field_validator("app_id", "api_url")
     @classmethod
     def _plain(cls, value: str | None) -> str | None:
-        from daemon.settings import reject_control_chars  # noqa: PLC0415 - settings imports this module
+        from daemon.sink_settings import reject_control_chars  # noqa: PLC0415 - settings imports this module
 
         return None if value is None else reject_control_chars(value.strip())
 
     @field_validator("app_token")
     @classmethod
     def _token(cls, value: SecretStr) -> SecretStr:
-        from daemon.settings import reject_control_chars  # noqa: PLC0415
+        from daemon.sink_settings import reject_control_chars  # noqa: PLC0415
 
         return reject_control_chars(SecretStr(value.get_secret_value().strip()))
 
     @field_validator("api_url")
     @classmethod
     def _http(cls, value: str | None) -> str | None:
-        from daemon.settings import check_http_url  # noqa: PLC0415
+        from daemon.sink_settings import check_http_url  # noqa: PLC0415
 
         return None if value is None else check_http_url(SecretStr(value)).get_secret_value().rstrip("/")
 

@@ -33,7 +33,7 @@ from daemon.slack_blocks import render_message
 
 if TYPE_CHECKING:
     from daemon.model import Delivery
-    from daemon.settings import SinkSettings
+    from daemon.sink_settings import SinkSettings
 
 log = structlog.get_logger("daemon.sinks.slack")
 BLOCK_ERRORS = frozenset({"invalid_blocks", "invalid_blocks_format", "invalid_payload", "msg_blocks_too_long"})

@@ -24,7 +24,7 @@ from slack_sdk.errors import SlackApiError, SlackClientError
 from slack_sdk.web.async_client import AsyncWebClient
 
 from daemon.model import ActionSnapshot, Delivery, EventType
-from daemon.settings import SinkSettings
+from daemon.sink_settings import SinkSettings
 from daemon.sinks import SendResult
 from daemon.sinks.slack_api import MESSAGE_GONE, RATE_LIMITED, TokenBucket, classify_error
 from daemon.slack_blocks import render_message

@@ -23,7 +23,7 @@ import aiohttp
 from daemon.constants import USER_AGENT
 from daemon.httpio import read_at_most
 from daemon.model import Delivery
-from daemon.settings import SinkSettings
+from daemon.sink_settings import SinkSettings
 from daemon.sinks import ANSWER_BYTES, SendResult, parse_retry_after, redirect_result
 
 GONE = 410

@@ -11,7 +11,7 @@ from tenacity import wait_none
 
 from daemon.delivery_policy import DeliveryPolicy, Verdict
 from daemon.model import Delivery
-from daemon.settings import SinkSettings
+from daemon.sink_settings import SinkSettings
 from daemon.sinks.slack import SlackSink
 from daemon.sinks.webhook import WebhookSink
 from tests.fakes.slack import FakeSlack

@@ -25,7 +25,8 @@ from structlog.testing import capture_logs
 from daemon.app import Relay
 from daemon.errors import BadResponseError, RedirectError
 from daemon.model import Delivery
-from daemon.settings import SinkSettings, load_settings
+from daemon.settings import load_settings
+from daemon.sink_settings import SinkSettings
 from daemon.sinks.slack import SlackSink
 from daemon.voucherify import RetryPolicy, VoucherifyClient
 from tests.conftest import APP_TOKEN, baseline, relay_env, running, until, watch_output

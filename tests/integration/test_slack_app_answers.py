@@ -12,7 +12,7 @@ import pytest
 from daemon.demo.receiver import RecordingReceiver
 from daemon.model import Delivery, EventType
 from daemon.normalize import started_event
-from daemon.settings import SinkSettings
+from daemon.sink_settings import SinkSettings
 from daemon.sinks.slack_app import SlackAppSink
 from daemon.store import MessageRef
 from daemon.store.sqlite import open_sqlite

@@ -15,7 +15,7 @@ from structlog.testing import capture_logs
 
 from daemon.model import Delivery
 from daemon.normalize import normalize
-from daemon.settings import SinkSettings
+from daemon.sink_settings import SinkSettings
 from daemon.sinks.slack import SlackSink
 from tests.fakes.slack import HOOK_PATH, FakeSlack
 

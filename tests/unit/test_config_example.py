@@ -8,7 +8,8 @@ from pathlib import Path
 import pytest
 
 from daemon.projects import ProjectSpec
-from daemon.settings import RelaySettings, SinkSettings, load_settings
+from daemon.settings import RelaySettings, load_settings
+from daemon.sink_settings import SinkSettings
 
 EXAMPLE = Path(__file__).parents[2] / "config" / "relay.env.example"
 TEXT = EXAMPLE.read_text(encoding="utf-8")

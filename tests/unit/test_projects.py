@@ -7,7 +7,7 @@ from datetime import UTC, datetime
 from daemon.bootstrap import route_event
 from daemon.model import event_id_for, in_project
 from daemon.normalize import normalize
-from daemon.settings import SinkSettings
+from daemon.sink_settings import SinkSettings
 
 ACTION = {"id": "aa_0a1b2c3d4e5f", "type": "VOUCHERS.IMPORT_CSV", "status": "DONE", "result": {}}
 NOW = datetime(2025, 1, 2, 3, 4, 5, tzinfo=UTC)

@@ -15,7 +15,8 @@ from pathlib import Path
 import pytest
 
 from daemon.errors import ConfigError
-from daemon.settings import RelaySettings, SinkSettings, load_settings
+from daemon.settings import RelaySettings, load_settings
+from daemon.sink_settings import SinkSettings
 from tests.conftest import APP_TOKEN, SLACK_URL, WEBHOOK_SECRET
 
 ABSENT = None  # an override of None removes the variable
