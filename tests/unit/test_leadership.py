@@ -10,8 +10,8 @@ TIMING = timing_for(10.0)
 
 
 def test_defaults_meet_the_failover_goal():
-    """At the default TTL a holder renews every 2 s, followers retry every 1 s: a dead leader is replaced within TTL + 1 s <= 12 s."""
-    assert (TIMING.renew_every_s, TIMING.retry_every_s, TIMING.margin_s) == (2.0, 1.0, 1.0)
+    """At the default TTL a holder renews every 2 s, followers retry every 0.25 s: a dead leader is replaced within TTL + 0.25 s <= 12 s."""
+    assert (TIMING.renew_every_s, TIMING.retry_every_s, TIMING.margin_s) == (2.0, 0.25, 1.0)
     assert TIMING.ttl_s + TIMING.retry_every_s <= 12.0
 
 
@@ -77,7 +77,7 @@ def test_a_paused_holder_steps_down_when_it_wakes_past_its_deadline():
     [
         (Standing(term=1, trusted_until=109.0), 107.5, 1.5, 2.0),  # a renewal never waits past the trust window
         (Standing(term=1, trusted_until=109.0), 110.0, 0.0, 2.0),
-        (Standing(), 100.0, 5.0, 1.0),
+        (Standing(), 100.0, 5.0, 0.25),
     ],
 )
 def test_attempt_timeouts_and_pauses(standing, now, timeout_s, pause_s):
