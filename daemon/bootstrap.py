@@ -47,7 +47,7 @@ def build_sinks(
     sinks: dict[str, Sink] = {}
     for name, spec in settings.all_sinks().items():
         if spec.kind == "slack_app":
-            sinks[name] = SlackAppSink(name, spec, session, refs=messages, clock=clock)
+            sinks[name] = SlackAppSink(name, spec, session, refs=messages, clock=clock, show_project=len(settings.all_projects()) > 1)
         elif spec.kind == "slack":
             sinks[name] = SlackSink(name, spec, session, min_interval_s=spec.min_interval_s)
         else:

@@ -64,8 +64,8 @@ def state_from_snapshot(snapshot: ActionSnapshot, *, now: datetime) -> LiveState
     )
 
 
-def state_from_event(envelope: Mapping[str, Any], *, now: datetime) -> LiveState:
-    """Return the state an event describes: running for ``started``, else its outcome."""
+def state_from_event(envelope: Mapping[str, Any], *, now: datetime, show_project: bool = False) -> LiveState:
+    """Return the state an event describes: running for ``started``, else its outcome (the project only when several are watched)."""
     data = envelope.get("data")
     data = data if isinstance(data, Mapping) else {}
     outcome = "running" if envelope.get("type") == EventType.STARTED else _outcome(envelope.get("type"), data.get("outcome"))
@@ -75,7 +75,7 @@ def state_from_event(envelope: Mapping[str, Any], *, now: datetime) -> LiveState
         outcome=outcome,
         progress=_int(data.get("progress")),
         elapsed_s=_elapsed(_text(data.get("created_at")), now),
-        project=_text(data.get("project")),
+        project=_text(data.get("project")) if show_project else None,
         done_count=_int(data.get("done_count")),
         failed_count=_int(data.get("failed_count")),
         duration_ms=_int(data.get("processing_time_ms")),

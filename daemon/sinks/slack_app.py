@@ -51,9 +51,11 @@ class SlackAppSink:
         refs: MessageRefs | None,
         clock: Callable[[], float] = time.time,
         updates_per_minute: float = UPDATES_PER_MINUTE,
+        show_project: bool = False,
     ) -> None:
-        """``refs`` persists each action's message (None: send-test, which posts only a test message)."""
+        """``refs`` persists each action's message (None: send-test, which posts only a test message); ``show_project``: several projects."""
         self.name = name
+        self._show_project = show_project
         self._channel = settings.channel or ""
         self._display = settings.display_url()
         token = settings.token.get_secret_value() if settings.token else ""
@@ -95,7 +97,7 @@ class SlackAppSink:
     async def _start(self, action_id: str, envelope: dict[str, Any], refs: MessageRefs) -> SendResult:
         if await refs.get(self.name, action_id) is not None:  # posted already (a resend, or its end came first)
             return SendResult(delivered=True, status=200, detail="message already posted")
-        state = state_from_event(envelope, now=self._now())
+        state = state_from_event(envelope, now=self._now(), show_project=self._show_project)
         result, answer = await self._post(render_live_message(state))
         if answer is not None:
             await refs.put(self.name, action_id, MessageRef(channel=answer["channel"], ts=answer["ts"]), now=self._clock())
@@ -105,7 +107,7 @@ class SlackAppSink:
     async def _finish(self, action_id: str, envelope: dict[str, Any], refs: MessageRefs) -> SendResult:
         ref = await refs.get(self.name, action_id)
         if ref is None or ref.stage == "live":
-            message = render_live_message(state_from_event(envelope, now=self._now()))
+            message = render_live_message(state_from_event(envelope, now=self._now(), show_project=self._show_project))
             result, ref = await self._show_final(ref, message)
             if ref is None:
                 return result
