@@ -37,7 +37,8 @@ from daemon.cadence import HOURS_PER_MONTH, Cadence
 from daemon.demo.standin import VoucherifyStandIn
 from daemon.model import TERMINAL_STATUSES, Event
 from daemon.monthly import Cycle, idle_interval_s
-from daemon.pacing import CycleFacts, Pacing, succeeded
+from daemon.pacing import Pacing, succeeded
+from daemon.poll_loop import cycle_facts
 from daemon.poller import Poller
 from daemon.store.sqlite import open_sqlite
 from daemon.voucherify import VoucherifyClient
@@ -215,17 +216,7 @@ async def simulate_relay(
                 if month_budget is not None:
                     used = standin.count("list") + standin.count("get")
                     month_idle = idle_interval_s(budget=month_budget, used=used, now=moment, cycle=cycle, fast_s=fast_s)
-                facts = CycleFacts(
-                    in_flight=report.in_flight,
-                    transitions=report.transitions,
-                    first_run=report.first_run,
-                    remaining=client.rate_limit_remaining,
-                    limit=client.rate_limit_limit,
-                    observed=report.observed,
-                    backlog_owed=report.backlog_window_s is not None,
-                    idle_s=month_idle,
-                )
-                state, decision = succeeded(state, facts, cadence=cadence, now=moment)
+                state, decision = succeeded(state, cycle_facts(report, client, idle_s=month_idle), cadence=cadence, now=moment)
                 result.fast_cycles += decision.reason == "busy"
                 result.tail_cycles += decision.reason == "busy" and not report.in_flight and not report.transitions and fast_s < idle_s
                 moment += decision.interval_s

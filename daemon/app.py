@@ -195,8 +195,7 @@ class Relay:
         """Run one poll cycle if this replica leads and nothing holds it back; schedule what it asks for."""
         if not self.elector.trusted() or not self.loop.may_poll() or self._store_health.file_gone():
             return
-        await self._outbox.refresh()
-        asked = await self.loop.run_once(outbox=self._outbox.last)
+        asked = await self.loop.run_once(outbox=self._outbox.refresh)
         if asked.at is not None:
             self._schedule("poll", asked.at)
         if asked.wake_dispatch:

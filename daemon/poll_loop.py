@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
 import structlog
@@ -47,6 +47,20 @@ def cadence_for(settings: RelaySettings) -> Cadence:
     return Cadence.of(pacing=settings.pacing, fast_s=settings.poll_interval, idle_s=settings.idle_poll_interval, budget_per_hour=settings.api_budget_per_hour)
 
 
+def cycle_facts(report: PollReport, client: VoucherifyClient, *, idle_s: float | None = None) -> CycleFacts:
+    """Return what pacing needs from a finished cycle and the API's last rate-limit headers."""
+    return CycleFacts(
+        in_flight=report.in_flight or int(report.backlog_window_s is not None),  # stay fast while a list backlog is owed
+        transitions=report.transitions,
+        first_run=report.first_run,
+        remaining=client.rate_limit_remaining,
+        limit=client.rate_limit_limit,
+        observed=report.observed,
+        backlog_owed=report.backlog_window_s is not None,
+        idle_s=idle_s,
+    )
+
+
 class PollLoop:
     """Polls one Voucherify project: a cycle, its requests' bookkeeping, its pace."""
 
@@ -78,8 +92,8 @@ class PollLoop:
         """Whether no back-off or Retry-After holds the next cycle."""
         return self.pacing.may_poll(self._clock())
 
-    async def run_once(self, *, outbox: Callable[[], OutboxStats | None]) -> NextPoll:
-        """Run one cycle; log it; never raise. ``outbox`` returns the figures the cycle line shows."""
+    async def run_once(self, *, outbox: Callable[[], Awaitable[OutboxStats | None]]) -> NextPoll:
+        """Run one cycle; log it; never raise. ``outbox`` reads the figures the cycle line shows, after the commit."""
         self.started_at = t0 = time.monotonic()
         self.pacing = started(self.pacing, now=self._clock())
         try:
@@ -94,7 +108,7 @@ class PollLoop:
         self._store_health.write_error = None
         self.last_poll, self.last_poll_ok_at = report, self._clock()
         self._metrics.observe_poll(report, duration_s=time.monotonic() - t0)
-        _log_cycle(report, client=self._client, outbox=outbox(), duration_s=time.monotonic() - t0)
+        _log_cycle(report, client=self._client, outbox=await outbox(), duration_s=time.monotonic() - t0)
         next_at = await self._pace(report)
         self._push_progress(report)
         return NextPoll(at=next_at, wake_dispatch=bool(report.events))
@@ -172,16 +186,7 @@ class PollLoop:
     async def _pace(self, report: PollReport) -> float:
         """Return when the next poll runs per RELAY_PACING, never faster than the budgets allow."""
         now, before = self._clock(), self.pacing.reason
-        facts = CycleFacts(
-            in_flight=report.in_flight or int(report.backlog_window_s is not None),  # stay fast while a list backlog is owed
-            transitions=report.transitions,
-            first_run=report.first_run,
-            remaining=self._client.rate_limit_remaining,
-            limit=self._client.rate_limit_limit,
-            observed=report.observed,
-            backlog_owed=report.backlog_window_s is not None,
-            idle_s=await self._monthly_idle_s(now),
-        )
+        facts = cycle_facts(report, self._client, idle_s=await self._monthly_idle_s(now))
         self.pacing, decision = succeeded(self.pacing, facts, cadence=self.cadence, now=now)
         if decision.reason != before:
             _log_pace(decision.reason, decision.interval_s, client=self._client)

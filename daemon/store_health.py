@@ -43,15 +43,12 @@ class OutboxFigures:
         self._stats: OutboxStats | None = None
         self._error = "not read yet"
 
-    async def refresh(self) -> None:
-        """Read the figures now (every dispatch tick and poll)."""
+    async def refresh(self) -> OutboxStats | None:
+        """Read the figures now (every dispatch tick and poll); return them, or None if the read failed."""
         try:
             self._stats = await self._stores.outbox.stats()
         except StoreError as exc:
             self._stats, self._error = None, str(exc)
-
-    def last(self) -> OutboxStats | None:
-        """Return the last figures read, or None if that read failed."""
         return self._stats
 
     def current(self) -> OutboxStats:
