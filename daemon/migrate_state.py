@@ -22,8 +22,8 @@ from daemon.store.postgres_db import Connection, PostgresDatabase
 from daemon.store.sqlite_db import SqliteDatabase
 from daemon.urls import POSTGRES_SCHEMES
 
-_ACTION_COLUMNS = "id, type, status, operation_status, progress, created_at, updated_at, terminal, seen_at, stuck_notified"
-_OUTBOX_COLUMNS = "row_id, event_id, event_type, sink, action_id, body, status, attempts, created_at, next_attempt_at, last_error, finished_at"
+_ACTION_COLUMNS = "id, type, status, operation_status, progress, created_at, updated_at, terminal, seen_at, stuck_notified, project"
+_OUTBOX_COLUMNS = "row_id, event_id, event_type, sink, action_id, body, status, attempts, created_at, next_attempt_at, last_error, finished_at, project"
 _COUNT_STATE = "SELECT (SELECT count(*) FROM actions) + (SELECT count(*) FROM outbox) + (SELECT count(*) FROM meta) + (SELECT count(*) FROM api_calls)"
 
 
@@ -44,7 +44,7 @@ async def migrate_state(*, source: str, target: str, now: float | None = None) -
     path = sqlite_path(source)
     if not target.startswith(POSTGRES_SCHEMES):
         raise ConfigError("--to", "must be a postgresql:// (or postgres://) URL")
-    sqlite = SqliteDatabase(path, mode="ro")
+    sqlite = SqliteDatabase(path, mode="rw")  # an older file is brought to this version first; a missing one is refused
     try:
         rows = _read(sqlite, since=(time.time() if now is None else now) - WINDOW_S)
     finally:
@@ -74,7 +74,7 @@ def _read(sqlite: SqliteDatabase, *, since: float) -> dict[str, list[tuple[Any, 
             "meta": db.execute("SELECT key, value FROM meta").fetchall(),
             "actions": db.execute(f"SELECT {_ACTION_COLUMNS} FROM actions").fetchall(),  # noqa: S608 - constant columns
             "outbox": db.execute(f"SELECT {_OUTBOX_COLUMNS} FROM outbox WHERE status IN ('pending', 'dead') ORDER BY row_id").fetchall(),  # noqa: S608
-            "api_calls": db.execute("SELECT at FROM api_calls WHERE at >= ? ORDER BY at", (since,)).fetchall(),
+            "api_calls": db.execute("SELECT at, project FROM api_calls WHERE at >= ? ORDER BY at", (since,)).fetchall(),
         }
 
 
@@ -90,14 +90,14 @@ async def _write(conn: Connection, rows: dict[str, list[tuple[Any, ...]]]) -> No
         if rows["meta"]:
             await cursor.executemany("INSERT INTO meta (key, value) VALUES (%s, %s)", rows["meta"])
         if rows["actions"]:
-            actions = [(*row[:7], bool(row[7]), row[8], bool(row[9])) for row in rows["actions"]]
-            await cursor.executemany(f"INSERT INTO actions ({_ACTION_COLUMNS}) VALUES ({', '.join(['%s'] * 10)})", actions)  # noqa: S608
+            actions = [(*row[:7], bool(row[7]), row[8], bool(row[9]), row[10]) for row in rows["actions"]]
+            await cursor.executemany(f"INSERT INTO actions ({_ACTION_COLUMNS}) VALUES ({', '.join(['%s'] * 11)})", actions)  # noqa: S608
         if rows["outbox"]:
-            await cursor.executemany(f"INSERT INTO outbox ({_OUTBOX_COLUMNS}) VALUES ({', '.join(['%s'] * 12)})", rows["outbox"])  # noqa: S608
+            await cursor.executemany(f"INSERT INTO outbox ({_OUTBOX_COLUMNS}) VALUES ({', '.join(['%s'] * 13)})", rows["outbox"])  # noqa: S608
             await cursor.execute("SELECT setval(pg_get_serial_sequence('outbox', 'row_id'), (SELECT max(row_id) FROM outbox))")
             await cursor.execute("SELECT pg_notify('relay_outbox', '')")
         if rows["api_calls"]:
-            await cursor.executemany("INSERT INTO api_calls (at) VALUES (%s)", rows["api_calls"])
+            await cursor.executemany("INSERT INTO api_calls (at, project) VALUES (%s, %s)", rows["api_calls"])
 
 
 def _report(rows: dict[str, list[tuple[Any, ...]]]) -> MigrationReport:

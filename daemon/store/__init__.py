@@ -13,12 +13,18 @@ from __future__ import annotations
 
 import asyncio
 import builtins
+import dataclasses
 import json
 from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal, Protocol
 
-from daemon.model import ActionSnapshot, Delivery, Event
+from daemon.model import DEFAULT_PROJECT, ActionSnapshot, Delivery, Event
+
+
+def meta_key(project: str, key: str) -> str:
+    """Return where ``project`` keeps the meta value ``key``: the project ``default`` keeps the single-project keys, so an upgrade moves nothing."""
+    return key if project == DEFAULT_PROJECT else f"{project}/{key}"
 
 
 @dataclass(frozen=True, slots=True)
@@ -82,6 +88,7 @@ class OutboxRow:
     created_at: float
     next_attempt_at: float | None
     last_error: str | None
+    project: str = DEFAULT_PROJECT
 
 
 @dataclass(frozen=True, slots=True)
@@ -142,8 +149,9 @@ class Outbox(Protocol):
     async def claim_due(self, *, now: float, limit: int, sink: str | None = None) -> builtins.list[Delivery]: ...
     async def apply_results(self, results: AttemptResults, *, now: float) -> None: ...
     async def dead_letter_unknown_sinks(self, known: Iterable[str]) -> int: ...
-    async def list(self, *, dead: bool, limit: int = 100) -> builtins.list[OutboxRow]: ...
-    async def replay(self, row_id: int | None, *, now: float) -> int: ...
+    async def dead_letter_unknown_projects(self, known: Iterable[str]) -> int: ...
+    async def list(self, *, dead: bool, limit: int = 100, project: str | None = None) -> builtins.list[OutboxRow]: ...
+    async def replay(self, row_id: int | None, *, now: float, project: str | None = None) -> int: ...
     async def stats(self) -> OutboxStats: ...
     async def prune(self, *, older_than: float) -> int: ...
 
@@ -196,7 +204,16 @@ class Stores:
     kind: str = "sqlite"  # "sqlite" or "postgres"
     wake: asyncio.Event | None = None  # set when another replica (or this one) enqueued rows: LISTEN/NOTIFY
     database: Any = None  # the PostgresDatabase (pool, transactions) for the lease; None on SQLite
+    scope: Callable[[str], tuple[ActionStore, CallLog]] | None = None  # a project's own action store and call log
+    project: str = DEFAULT_PROJECT  # whose actions and calls ``actions`` and ``calls`` hold
 
     def describe(self) -> str:
         """Name the database for logs and `check`, never with a password."""
         return self.location
+
+    def for_project(self, name: str) -> Stores:
+        """Return these ports with ``actions`` and ``calls`` holding project ``name``'s state (the outbox is shared)."""
+        if name == self.project or self.scope is None:
+            return self
+        actions, calls = self.scope(name)
+        return dataclasses.replace(self, actions=actions, calls=calls, project=name)

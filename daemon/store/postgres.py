@@ -42,7 +42,11 @@ async def open_postgres(
             await listener.close()
         await database.close()
 
+    def scope(project: str) -> tuple[PostgresActionStore, PostgresCallLog]:
+        return PostgresActionStore(database, project=project), PostgresCallLog(database, project=project)
+
     return Stores(
+        scope=scope,
         actions=PostgresActionStore(database),
         outbox=PostgresOutbox(database, claim_ttl_s=claim_ttl_s),
         calls=PostgresCallLog(database),

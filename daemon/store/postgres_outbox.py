@@ -21,7 +21,7 @@ from daemon.store.postgres_actions import NOTIFY_CHANNEL
 from daemon.store.postgres_db import Connection, PostgresDatabase
 
 CLAIM_TTL_S = 120.0  # longer than a send's timeout (at most 300 s is configurable; 15 s by default) plus the shutdown grace
-_OUTBOX_COLUMNS = "row_id, event_id, event_type, sink, action_id, status, attempts, created_at, next_attempt_at, last_error"
+_OUTBOX_COLUMNS = "row_id, event_id, event_type, sink, action_id, status, attempts, created_at, next_attempt_at, last_error, project"
 _CLAIM = """
 WITH due AS MATERIALIZED (
     SELECT row_id FROM outbox
@@ -52,7 +52,8 @@ _SETTLE_DEAD = (
 _RELEASE = "UPDATE outbox SET claim_token=NULL, claim_expires_at=NULL WHERE row_id=%(row)s AND claim_token=%(claim)s"
 _REPLAY = (
     "UPDATE outbox SET status='pending', attempts=0, created_at=%(now)s, next_attempt_at=%(now)s, last_error=NULL, finished_at=NULL, "
-    "claim_token=NULL, claim_expires_at=NULL WHERE (%(row)s::bigint IS NULL AND status='dead') OR row_id=%(row)s"
+    "claim_token=NULL, claim_expires_at=NULL WHERE ((%(row)s::bigint IS NULL AND status='dead') OR row_id=%(row)s) "
+    "AND (%(project)s::text IS NULL OR project = %(project)s)"
 )
 
 
@@ -97,17 +98,30 @@ class PostgresOutbox:
         async with self._database.connection("write") as conn:
             return (await conn.execute(sql, (builtins.list(known),))).rowcount
 
-    async def list(self, *, dead: bool, limit: int = 100) -> builtins.list[OutboxRow]:
-        """Return dead-lettered rows, or pending ones, newest first."""
-        sql = f"SELECT {_OUTBOX_COLUMNS} FROM outbox WHERE status = %s ORDER BY row_id DESC LIMIT %s"  # noqa: S608 - constant columns
+    async def dead_letter_unknown_projects(self, known: Iterable[str]) -> int:
+        """Dead-letter pending rows of projects that are no longer configured; return how many."""
+        sql = (
+            "UPDATE outbox SET status='dead', next_attempt_at=NULL, claim_token=NULL, claim_expires_at=NULL, "
+            "last_error='project ' || project || ' is no longer configured; add it back, then replay' "
+            "WHERE status='pending' AND NOT (project = ANY(%s))"
+        )
+        async with self._database.connection("write") as conn:
+            return (await conn.execute(sql, (builtins.list(known),))).rowcount
+
+    async def list(self, *, dead: bool, limit: int = 100, project: str | None = None) -> builtins.list[OutboxRow]:
+        """Return dead-lettered rows, or pending ones (of one project, if given), newest first."""
+        sql = (
+            f"SELECT {_OUTBOX_COLUMNS} FROM outbox WHERE status = %s AND (%s::text IS NULL OR project = %s) "  # noqa: S608 - constant columns
+            "ORDER BY row_id DESC LIMIT %s"
+        )
         async with self._database.connection() as conn:
-            rows = await (await conn.execute(sql, ("dead" if dead else "pending", limit))).fetchall()
+            rows = await (await conn.execute(sql, ("dead" if dead else "pending", project, project, limit))).fetchall()
         return [OutboxRow(*row) for row in rows]
 
-    async def replay(self, row_id: int | None, *, now: float) -> int:
-        """Make one row (or, with None, every dead row) pending again, due now; return how many (and wake the deliverers)."""
+    async def replay(self, row_id: int | None, *, now: float, project: str | None = None) -> int:
+        """Make one row (or, with None, every dead row; of one project, if given) pending again, due now; return how many (and wake the deliverers)."""
         async with self._database.transaction() as conn:
-            count = (await conn.execute(_REPLAY, {"now": now, "row": row_id})).rowcount
+            count = (await conn.execute(_REPLAY, {"now": now, "row": row_id, "project": project})).rowcount
             if count:
                 await _notify(conn)
         return count

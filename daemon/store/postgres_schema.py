@@ -75,6 +75,18 @@ MIGRATIONS: tuple[tuple[str, ...], ...] = (
         )""",
         "CREATE INDEX slack_messages_updated ON slack_messages (updated_at)",
     ),
+    (
+        # version 3: per-project state (issue 13); rows written before belong to the project 'default'
+        "ALTER TABLE actions ADD COLUMN project text NOT NULL DEFAULT 'default'",
+        "ALTER TABLE actions DROP CONSTRAINT actions_pkey",
+        "ALTER TABLE actions ADD PRIMARY KEY (project, id)",
+        "DROP INDEX actions_in_flight",
+        "CREATE INDEX actions_in_flight ON actions (project, id) WHERE NOT terminal",
+        "ALTER TABLE outbox ADD COLUMN project text NOT NULL DEFAULT 'default'",
+        "ALTER TABLE api_calls ADD COLUMN project text NOT NULL DEFAULT 'default'",
+        "DROP INDEX api_calls_at",
+        "CREATE INDEX api_calls_project_at ON api_calls (project, at)",
+    ),
 )
 SCHEMA_VERSION = len(MIGRATIONS)
 Connection = psycopg.AsyncConnection[tuple[Any, ...]]

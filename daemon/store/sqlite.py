@@ -12,8 +12,8 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import Literal
 
-from daemon.model import ActionSnapshot, Event
-from daemon.store import Backlog, Cursor, CycleResult, Fence, Stores
+from daemon.model import DEFAULT_PROJECT, ActionSnapshot, Event
+from daemon.store import Backlog, Cursor, CycleResult, Fence, Stores, meta_key
 from daemon.store.sqlite_db import SqliteDatabase
 from daemon.store.sqlite_messages import SqliteMessageRefs
 from daemon.store.sqlite_outbox import SqliteOutbox
@@ -32,10 +32,14 @@ def open_sqlite(path: Path, *, mode: Literal["rwc", "rw", "ro"] = "rwc") -> Stor
     async def schema_version() -> int:
         return database.schema_version()
 
+    def scope(project: str) -> tuple[SqliteActionStore, SqliteCallLog]:
+        return SqliteActionStore(database, project=project), SqliteCallLog(database, project=project)
+
     return Stores(
         actions=SqliteActionStore(database),
         outbox=SqliteOutbox(database),
         calls=SqliteCallLog(database),
+        scope=scope,
         messages=SqliteMessageRefs(database),
         location=str(path),
         close=close,
@@ -45,21 +49,20 @@ def open_sqlite(path: Path, *, mode: Literal["rwc", "rw", "ro"] = "rwc") -> Stor
 
 
 class SqliteActionStore:
-    """ActionStore on SQLite."""
+    """ActionStore on SQLite, for one project's actions and meta values."""
 
-    def __init__(self, database: SqliteDatabase) -> None:
+    def __init__(self, database: SqliteDatabase, *, project: str = DEFAULT_PROJECT) -> None:
         self._database = database
         self._db = database.db
+        self.project = project
 
     async def load_cursor(self) -> Cursor:
         """Return the baseline flag, the newest created_at seen and the list backlog, if any."""
+        keys = [meta_key(self.project, k) for k in ("baseline_done", "newest_created_at", BACKLOG_KEY)]
         with self._database.errors("read"):
-            meta = dict(self._db.execute("SELECT key, value FROM meta").fetchall())
-        return Cursor(
-            first_run=meta.get("baseline_done") != "1",
-            newest_created_at=meta.get("newest_created_at"),
-            backlog=Backlog.decode(meta.get(BACKLOG_KEY)),
-        )
+            meta = dict(self._db.execute("SELECT key, value FROM meta WHERE key IN (?, ?, ?)", keys).fetchall())
+        baseline, newest, backlog = (meta.get(k) for k in keys)
+        return Cursor(first_run=baseline != "1", newest_created_at=newest, backlog=Backlog.decode(backlog))
 
     async def get_snapshots(self, ids: Iterable[str]) -> dict[str, ActionSnapshot]:
         """Return the stored snapshots of the given action ids."""
@@ -69,20 +72,20 @@ class SqliteActionStore:
             for start in range(0, len(wanted), 500):
                 chunk = wanted[start : start + 500]
                 marks = ",".join("?" * len(chunk))
-                sql = f"SELECT {_SNAPSHOT_COLUMNS} FROM actions WHERE id IN ({marks})"  # noqa: S608 - placeholders only
-                found.update({row[0]: ActionSnapshot(*row) for row in self._db.execute(sql, chunk)})
+                sql = f"SELECT {_SNAPSHOT_COLUMNS} FROM actions WHERE project = ? AND id IN ({marks})"  # noqa: S608 - placeholders only
+                found.update({row[0]: ActionSnapshot(*row) for row in self._db.execute(sql, [self.project, *chunk])})
         return found
 
     async def in_flight(self) -> dict[str, ActionSnapshot]:
         """Return every action last seen not yet DONE or FAILED."""
-        sql = f"SELECT {_SNAPSHOT_COLUMNS} FROM actions WHERE terminal = 0"  # noqa: S608 - constant columns
+        sql = f"SELECT {_SNAPSHOT_COLUMNS} FROM actions WHERE project = ? AND terminal = 0"  # noqa: S608 - constant columns
         with self._database.errors("read"):
-            return {row[0]: ActionSnapshot(*row) for row in self._db.execute(sql)}
+            return {row[0]: ActionSnapshot(*row) for row in self._db.execute(sql, (self.project,))}
 
     async def stuck_notified(self) -> set[str]:
         """Return the in-flight actions already reported as stuck."""
         with self._database.errors("read"):
-            return {row[0] for row in self._db.execute("SELECT id FROM actions WHERE terminal = 0 AND stuck_notified = 1")}
+            return {row[0] for row in self._db.execute("SELECT id FROM actions WHERE project = ? AND terminal = 0 AND stuck_notified = 1", (self.project,))}
 
     async def commit_cycle(self, result: CycleResult, *, now: float, fence: Fence | None = None) -> int:  # noqa: ARG002 - the file lock already makes one writer
         """Persist a cycle's snapshots, forgotten ids, cursor and outbox rows in one transaction."""
@@ -91,14 +94,14 @@ class SqliteActionStore:
             return 0
         with self._database.transaction():
             self._db.executemany(
-                "INSERT INTO actions (id, type, status, operation_status, progress, created_at, updated_at, terminal, seen_at) "
-                "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT(id) DO UPDATE SET "
+                "INSERT INTO actions (project, id, type, status, operation_status, progress, created_at, updated_at, terminal, seen_at) "
+                "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT(project, id) DO UPDATE SET "
                 "type=excluded.type, status=excluded.status, operation_status=excluded.operation_status, "
                 "progress=excluded.progress, updated_at=excluded.updated_at, terminal=excluded.terminal, seen_at=excluded.seen_at",
-                [(*_snapshot_row(s), int(s.terminal), now) for s in result.snapshots],
+                [(self.project, *_snapshot_row(s), int(s.terminal), now) for s in result.snapshots],
             )
-            self._db.executemany("DELETE FROM actions WHERE id = ?", [(i,) for i in result.forgotten])
-            self._db.executemany("UPDATE actions SET stuck_notified = 1 WHERE id = ?", [(i,) for i in result.stuck])
+            self._db.executemany("DELETE FROM actions WHERE project = ? AND id = ?", [(self.project, i) for i in result.forgotten])
+            self._db.executemany("UPDATE actions SET stuck_notified = 1 WHERE project = ? AND id = ?", [(self.project, i) for i in result.stuck])
             for event, sinks in result.events:
                 enqueued += self._insert_event(event, sinks, now=now)
             if result.newest_created_at is not None:
@@ -111,17 +114,17 @@ class SqliteActionStore:
 
     def _set_backlog(self, backlog: Backlog | None) -> None:
         if backlog is None:
-            self._db.execute("DELETE FROM meta WHERE key = ?", (BACKLOG_KEY,))
+            self._db.execute("DELETE FROM meta WHERE key = ?", (meta_key(self.project, BACKLOG_KEY),))
         else:
             self._set_meta(BACKLOG_KEY, backlog.encode())
 
     def _insert_event(self, event: Event, sinks: Iterable[str], *, now: float) -> int:
         body = event.body()
         action_id = str(event.data.get("id", ""))
-        rows = [(event.id, event.type, sink, action_id, body, now, now) for sink in sinks]
+        rows = [(event.id, event.type, sink, action_id, body, now, now, self.project) for sink in sinks]
         before = self._db.total_changes
         self._db.executemany(
-            "INSERT OR IGNORE INTO outbox (event_id, event_type, sink, action_id, body, created_at, next_attempt_at) VALUES (?, ?, ?, ?, ?, ?, ?)",
+            "INSERT OR IGNORE INTO outbox (event_id, event_type, sink, action_id, body, created_at, next_attempt_at, project) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
             rows,
         )
         return self._db.total_changes - before
@@ -129,7 +132,7 @@ class SqliteActionStore:
     async def load_meta(self, key: str) -> str | None:
         """Return a small persisted value (e.g. a Retry-After deadline), if set."""
         with self._database.errors("read"):
-            row = self._db.execute("SELECT value FROM meta WHERE key = ?", (key,)).fetchone()
+            row = self._db.execute("SELECT value FROM meta WHERE key = ?", (meta_key(self.project, key),)).fetchone()
         return None if row is None else str(row[0])
 
     async def save_meta(self, key: str, value: str) -> None:
@@ -138,33 +141,34 @@ class SqliteActionStore:
             self._set_meta(key, value)
 
     def _set_meta(self, key: str, value: str) -> None:
-        self._db.execute("INSERT INTO meta VALUES (?, ?) ON CONFLICT(key) DO UPDATE SET value=excluded.value", (key, value))
+        self._db.execute("INSERT INTO meta VALUES (?, ?) ON CONFLICT(key) DO UPDATE SET value=excluded.value", (meta_key(self.project, key), value))
 
     async def prune(self, *, older_than: float) -> int:
-        """Delete terminal actions last seen before ``older_than``; return how many."""
+        """Delete terminal actions (of every project) last seen before ``older_than``; return how many."""
         with self._database.transaction():
             return int(self._db.execute("DELETE FROM actions WHERE terminal=1 AND seen_at < ?", (older_than,)).rowcount)
 
 
 class SqliteCallLog:
-    """CallLog on SQLite."""
+    """CallLog on SQLite, for one project's requests."""
 
-    def __init__(self, database: SqliteDatabase) -> None:
+    def __init__(self, database: SqliteDatabase, *, project: str = DEFAULT_PROJECT) -> None:
         self._database = database
         self._db = database.db
+        self.project = project
 
     async def record(self, moments: Iterable[float]) -> None:
         """Remember when requests were sent, so the budget holds across restarts."""
         with self._database.errors("write"):
-            self._db.executemany("INSERT INTO api_calls VALUES (?)", [(m,) for m in moments])
+            self._db.executemany("INSERT INTO api_calls (at, project) VALUES (?, ?)", [(m, self.project) for m in moments])
 
     async def since(self, moment: float) -> list[float]:
         """Return the send times recorded at or after ``moment``."""
         with self._database.errors("read"):
-            return [row[0] for row in self._db.execute("SELECT at FROM api_calls WHERE at >= ? ORDER BY at", (moment,))]
+            return [row[0] for row in self._db.execute("SELECT at FROM api_calls WHERE project = ? AND at >= ? ORDER BY at", (self.project, moment))]
 
     async def prune(self, *, older_than: float) -> int:
-        """Forget send times before ``older_than``; return how many."""
+        """Forget send times (of every project) before ``older_than``; return how many."""
         with self._database.transaction():
             return int(self._db.execute("DELETE FROM api_calls WHERE at < ?", (older_than,)).rowcount)
 

@@ -16,10 +16,12 @@ from typing import Literal
 
 from daemon.errors import StoreError
 
-SCHEMA_VERSION = 2  # 2: slack_messages (issue 14); an older file gains the table when opened read-write
+PROJECTS_VERSION = 3
+SCHEMA_VERSION = 3  # 2: slack_messages (issue 14); 3: a project column (issue 13). An older file is upgraded when opened read-write
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS actions (
-    id TEXT PRIMARY KEY,
+    project TEXT NOT NULL DEFAULT 'default',
+    id TEXT NOT NULL,
     type TEXT NOT NULL,
     status TEXT NOT NULL,
     operation_status TEXT,
@@ -28,9 +30,10 @@ CREATE TABLE IF NOT EXISTS actions (
     updated_at TEXT,
     terminal INTEGER NOT NULL,
     seen_at REAL NOT NULL,
-    stuck_notified INTEGER NOT NULL DEFAULT 0
+    stuck_notified INTEGER NOT NULL DEFAULT 0,
+    PRIMARY KEY (project, id)
 );
-CREATE INDEX IF NOT EXISTS actions_in_flight ON actions (id) WHERE terminal = 0;
+CREATE INDEX IF NOT EXISTS actions_in_flight ON actions (project, id) WHERE terminal = 0;
 CREATE INDEX IF NOT EXISTS actions_seen ON actions (seen_at) WHERE terminal = 1;
 CREATE TABLE IF NOT EXISTS outbox (
     row_id INTEGER PRIMARY KEY,
@@ -45,14 +48,15 @@ CREATE TABLE IF NOT EXISTS outbox (
     next_attempt_at REAL,
     last_error TEXT,
     finished_at REAL,
+    project TEXT NOT NULL DEFAULT 'default',
     UNIQUE (event_id, sink)
 );
 CREATE INDEX IF NOT EXISTS outbox_due ON outbox (next_attempt_at) WHERE status = 'pending';
 CREATE INDEX IF NOT EXISTS outbox_dead ON outbox (row_id) WHERE status = 'dead';
 CREATE INDEX IF NOT EXISTS outbox_finished ON outbox (finished_at) WHERE status = 'delivered';
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
-CREATE TABLE IF NOT EXISTS api_calls (at REAL NOT NULL);
-CREATE INDEX IF NOT EXISTS api_calls_at ON api_calls (at);
+CREATE TABLE IF NOT EXISTS api_calls (at REAL NOT NULL, project TEXT NOT NULL DEFAULT 'default');
+CREATE INDEX IF NOT EXISTS api_calls_project_at ON api_calls (project, at);
 CREATE TABLE IF NOT EXISTS slack_messages (
     sink TEXT NOT NULL,
     action_id TEXT NOT NULL,
@@ -63,6 +67,33 @@ CREATE TABLE IF NOT EXISTS slack_messages (
     PRIMARY KEY (sink, action_id)
 );
 CREATE INDEX IF NOT EXISTS slack_messages_updated ON slack_messages (updated_at);
+"""
+
+
+# Version 3 gives every table that one project fills a project column; rows of an older file
+# belong to the project ``default``. SQLite cannot change a primary key in place, so actions
+# is copied into a new table.
+_UPGRADE_TO_3 = """
+ALTER TABLE actions RENAME TO actions_v2;
+DROP INDEX IF EXISTS actions_in_flight;
+DROP INDEX IF EXISTS actions_seen;
+CREATE TABLE actions (
+    project TEXT NOT NULL DEFAULT 'default',
+    id TEXT NOT NULL,
+    type TEXT NOT NULL,
+    status TEXT NOT NULL,
+    operation_status TEXT,
+    progress INTEGER,
+    created_at TEXT,
+    updated_at TEXT,
+    terminal INTEGER NOT NULL,
+    seen_at REAL NOT NULL,
+    stuck_notified INTEGER NOT NULL DEFAULT 0,
+    PRIMARY KEY (project, id)
+);
+INSERT INTO actions (id, type, status, operation_status, progress, created_at, updated_at, terminal, seen_at, stuck_notified)
+    SELECT id, type, status, operation_status, progress, created_at, updated_at, terminal, seen_at, stuck_notified FROM actions_v2;
+DROP TABLE actions_v2
 """
 
 
@@ -80,7 +111,7 @@ class SqliteDatabase:
             self.db = sqlite3.connect(f"{path.absolute().as_uri()}?mode={mode}", uri=True, isolation_level=None, timeout=5.0)
             self._identity = _identity(path)
             if mode == "ro":
-                self._check_version()
+                self._check_version(read_only=True)
                 return
             self.db.execute("PRAGMA journal_mode=WAL").fetchone()
             self.db.execute("PRAGMA synchronous=NORMAL")
@@ -102,18 +133,38 @@ class SqliteDatabase:
         with self.errors("read"):
             return int(self.db.execute("PRAGMA user_version").fetchone()[0])
 
-    def _check_version(self) -> None:
+    def _check_version(self, *, read_only: bool = False) -> int:
         version = self.schema_version()
         if version > SCHEMA_VERSION:
             msg = f"{self.path}: schema version {version} is newer than this relay understands ({SCHEMA_VERSION})"
             raise StoreError(msg)
+        if read_only and 0 < version < SCHEMA_VERSION:
+            msg = f"{self.path}: schema version {version} is older than this relay reads ({SCHEMA_VERSION}); start the relay once to upgrade it"
+            raise StoreError(msg)
+        return version
 
     def _migrate(self) -> None:
-        self._check_version()
+        version = self._check_version()
         with self.transaction():
+            if 0 < version < PROJECTS_VERSION:
+                self._upgrade_to_3()
             for statement in filter(str.strip, _SCHEMA.split(";")):
                 self.db.execute(statement)
             self.db.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
+
+    def _upgrade_to_3(self) -> None:
+        columns = self._columns("actions")
+        if columns and "project" not in columns:
+            for statement in filter(str.strip, _UPGRADE_TO_3.split(";")):
+                self.db.execute(statement)
+        for table in ("outbox", "api_calls"):
+            columns = self._columns(table)
+            if columns and "project" not in columns:
+                self.db.execute(f"ALTER TABLE {table} ADD COLUMN project TEXT NOT NULL DEFAULT 'default'")
+        self.db.execute("DROP INDEX IF EXISTS api_calls_at")
+
+    def _columns(self, table: str) -> set[str]:
+        return {row[1] for row in self.db.execute(f"PRAGMA table_info({table})")}
 
     @contextmanager
     def errors(self, doing: str) -> Iterator[None]:

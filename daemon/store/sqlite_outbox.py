@@ -13,7 +13,7 @@ from daemon.model import Delivery
 from daemon.store import AttemptResults, OutboxRow, OutboxStats
 from daemon.store.sqlite_db import SqliteDatabase
 
-_OUTBOX_COLUMNS = "row_id, event_id, event_type, sink, action_id, status, attempts, created_at, next_attempt_at, last_error"
+_OUTBOX_COLUMNS = "row_id, event_id, event_type, sink, action_id, status, attempts, created_at, next_attempt_at, last_error, project"
 
 
 class SqliteOutbox:
@@ -46,6 +46,18 @@ class SqliteOutbox:
         with self._database.transaction():
             return int(self._db.execute(sql, names).rowcount)
 
+    async def dead_letter_unknown_projects(self, known: Iterable[str]) -> int:
+        """Dead-letter pending rows of projects that are no longer configured; return how many."""
+        names = builtins.list(known)
+        marks = ",".join("?" * len(names))
+        sql = (
+            "UPDATE outbox SET status='dead', next_attempt_at=NULL, "  # noqa: S608 - placeholders only
+            "last_error='project ' || project || ' is no longer configured; add it back, then replay' "
+            f"WHERE status='pending' AND project NOT IN ({marks})"
+        )
+        with self._database.transaction():
+            return int(self._db.execute(sql, names).rowcount)
+
     async def apply_results(self, results: AttemptResults, *, now: float) -> None:
         """Record a batch of attempts in one transaction (one commit per batch, not per event)."""
         with self._database.transaction():
@@ -62,20 +74,21 @@ class SqliteOutbox:
                 [(reason, row_id) for row_id, reason in results.dead],
             )
 
-    async def list(self, *, dead: bool, limit: int = 100) -> builtins.list[OutboxRow]:
-        """Return dead-lettered rows, or pending ones, newest first."""
-        sql = f"SELECT {_OUTBOX_COLUMNS} FROM outbox WHERE status = ? ORDER BY row_id DESC LIMIT ?"  # noqa: S608 - constant columns
+    async def list(self, *, dead: bool, limit: int = 100, project: str | None = None) -> builtins.list[OutboxRow]:
+        """Return dead-lettered rows, or pending ones (of one project, if given), newest first."""
+        sql = f"SELECT {_OUTBOX_COLUMNS} FROM outbox WHERE status = ? AND (? IS NULL OR project = ?) ORDER BY row_id DESC LIMIT ?"  # noqa: S608
         with self._database.errors("read"):
-            return [OutboxRow(*row) for row in self._db.execute(sql, ("dead" if dead else "pending", limit))]
+            return [OutboxRow(*row) for row in self._db.execute(sql, ("dead" if dead else "pending", project, project, limit))]
 
-    async def replay(self, row_id: int | None, *, now: float) -> int:
-        """Make one row (or, with None, every dead row) pending again, due now; return how many."""
+    async def replay(self, row_id: int | None, *, now: float, project: str | None = None) -> int:
+        """Make one row (or, with None, every dead row; of one project, if given) pending again, due now; return how many."""
         sql = "UPDATE outbox SET status='pending', attempts=0, created_at=?, next_attempt_at=?, last_error=NULL, finished_at=NULL"
+        scope = " AND (? IS NULL OR project = ?)"
         with self._database.transaction():
             if row_id is None:
-                cursor = self._db.execute(sql + " WHERE status='dead'", (now, now))
+                cursor = self._db.execute(sql + " WHERE status='dead'" + scope, (now, now, project, project))
             else:
-                cursor = self._db.execute(sql + " WHERE row_id=?", (now, now, row_id))
+                cursor = self._db.execute(sql + " WHERE row_id=?" + scope, (now, now, row_id, project, project))
         return int(cursor.rowcount)
 
     async def stats(self) -> OutboxStats:

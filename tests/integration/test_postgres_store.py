@@ -161,3 +161,29 @@ async def test_database_errors_name_the_database_but_never_the_password(pg_url):
     assert PASSWORD not in message
     assert PASSWORD not in repr(caught.value)
     assert caught.value.__cause__ is None, "the driver's error (and its conninfo) is not chained"
+
+
+async def test_a_version_2_database_is_upgraded_and_its_state_belongs_to_the_default_project(pg_url):
+    """A database migrated by the single-project relay (version 2) gains the project columns; its rows are the project default's."""
+    from daemon.store.postgres_schema import MIGRATIONS  # noqa: PLC0415 - only this test replays old steps
+
+    with psycopg.connect(pg_url, autocommit=True) as conn:
+        conn.execute("CREATE TABLE schema_migrations (version integer PRIMARY KEY, applied_at timestamptz NOT NULL DEFAULT now())")
+        for version, steps in enumerate(MIGRATIONS[:2], start=1):
+            for step in steps:
+                conn.execute(step)
+            conn.execute("INSERT INTO schema_migrations (version) VALUES (%s)", (version,))
+        conn.execute("INSERT INTO actions VALUES ('aa_1', 'CUSTOMERS.IMPORT_CSV', 'IN_PROGRESS', NULL, 40, NULL, NULL, false, 1.0, false)")
+        conn.execute("INSERT INTO meta VALUES ('baseline_done', '1')")
+        conn.execute("INSERT INTO api_calls VALUES (%s)", (T0,))
+    stores = await open_postgres(pg_url)
+    try:
+        assert await stores.schema_version() == SCHEMA_VERSION
+        assert not (await stores.actions.load_cursor()).first_run
+        assert list(await stores.actions.in_flight()) == ["aa_1"]
+        assert await stores.calls.since(0) == [T0]
+        eu = stores.for_project("eu")
+        assert (await eu.actions.load_cursor()).first_run
+        assert await eu.actions.in_flight() == {}
+    finally:
+        await stores.close()

@@ -119,5 +119,5 @@ async def test_an_old_state_file_gains_the_message_table(tmp_path):
     finally:
         await stores.close()
     with sqlite3.connect(path) as db:
-        assert db.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION == 2
+        assert db.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION == 3
     db.close()
