@@ -1,19 +1,23 @@
 """The running daemon: APScheduler jobs (poll, dispatch, prune), the health listener, a clean stop.
 
 ``Relay`` runs and stops what :func:`daemon.bootstrap.build_relay` gave it; it builds
-nothing. Data flows one way: the poller's cycle commits its events and returns them in
-its report; :class:`~daemon.poll_loop.PollLoop` counts, logs and paces from that report
-and tells the relay when to poll next; :class:`~daemon.lease_keeper.LeaseKeeper` keeps
-the polling lease.
+nothing. It runs one :class:`~daemon.project_runner.ProjectRunner` per Voucherify project,
+each on its own scheduler job (``poll:<project>``). Data flows one way: the poller's cycle
+commits its events and returns them in its report; :class:`~daemon.poll_loop.PollLoop`
+counts, logs and paces from that report and tells the relay when to poll that project
+next; :class:`~daemon.lease_keeper.LeaseKeeper` keeps the project's polling lease. The
+dispatcher, the outbox and the health listener are shared by all projects.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import time
 from collections.abc import Callable, Coroutine, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from functools import partial
 from typing import Any
 
 import aiohttp
@@ -24,14 +28,15 @@ from daemon.budget import WINDOW_S
 from daemon.elector import Elector
 from daemon.errors import StoreError
 from daemon.health import HealthServer
-from daemon.lease_keeper import LeaseKeeper
+from daemon.lease import LeaseStore
 from daemon.lock import InstanceLock
 from daemon.metrics import RelayMetrics
 from daemon.outbox import Dispatcher
 from daemon.pacing import AUTH_BACKOFF_S, Pacing
 from daemon.poll_loop import PollLoop
-from daemon.poller import Poller, PollReport
-from daemon.readiness import follower_readiness, liveness, readiness
+from daemon.poller import PollReport
+from daemon.project_runner import ProjectParts, ProjectRunner
+from daemon.readiness import liveness
 from daemon.settings import RelaySettings
 from daemon.sinks import LiveSink, Sink
 from daemon.store import Stores
@@ -54,22 +59,20 @@ class Parts:
     lock: InstanceLock | None  # SQLite only: one relay per file
     stores: Stores
     session: aiohttp.ClientSession
-    client: VoucherifyClient
     sinks: Mapping[str, Sink]
-    poller: Poller
+    projects: tuple[ProjectParts, ...]  # one per Voucherify project, ``default`` first when configured
+    lease_store: LeaseStore  # shared by the projects' electors; closed once
     dispatcher: Dispatcher
     metrics: RelayMetrics
-    elector: Elector
     live_sinks: tuple[LiveSink, ...] = ()  # sinks showing progress between events (Slack app)
 
 
 class Relay:
-    """Poll, dispatch and prune jobs on one event loop, the health listener, and a clean stop."""
+    """Per-project poll jobs, dispatch and prune jobs on one event loop, the health listener, and a clean stop."""
 
     def __init__(self, parts: Parts, *, auth_backoff_s: tuple[float, float] = AUTH_BACKOFF_S) -> None:
         self._parts = parts
-        self.settings, self.stores, self.client, self.metrics = parts.settings, parts.stores, parts.client, parts.metrics
-        self.dispatcher, self.elector = parts.dispatcher, parts.elector
+        self.settings, self.stores, self.metrics, self.dispatcher = parts.settings, parts.stores, parts.metrics, parts.dispatcher
         self._clock = parts.clock
         self.http_port: int | None = None
         self._scheduler = AsyncIOScheduler(job_defaults={"coalesce": True, "max_instances": 1, "misfire_grace_time": None})
@@ -80,18 +83,22 @@ class Relay:
         self._outbox = OutboxFigures(parts.stores)
         self._health: HealthServer | None = None
         self._wake_task: asyncio.Task[None] | None = None
-        self.loop = PollLoop(
-            settings=parts.settings,
-            poller=parts.poller,
-            client=parts.client,
-            stores=parts.stores,
-            metrics=parts.metrics,
-            store_health=self._store_health,
-            clock=parts.clock,
-            live_sinks=parts.live_sinks,
-            auth_backoff_s=auth_backoff_s,
-        )
-        self._lease = LeaseKeeper(parts.elector, parts.metrics, on_acquired=self._lead)
+        self.projects = {
+            p.name: ProjectRunner(
+                p,
+                metrics=parts.metrics,
+                store_health=self._store_health,
+                clock=parts.clock,
+                live_sinks=parts.live_sinks,
+                auth_backoff_s=auth_backoff_s,
+                on_acquired=self._lead,
+            )
+            for p in parts.projects
+        }
+        first = next(iter(self.projects.values()))
+        self.loop: PollLoop = first.loop  # the first project's: what single-project tests and tools read
+        self.client: VoucherifyClient = first.client
+        self.elector: Elector = first.elector
 
     @property
     def running(self) -> bool:
@@ -121,17 +128,28 @@ class Relay:
             self.metrics.declare_sinks(self._parts.sinks)
             self.metrics.watch(outbox_stats=self._outbox.current, ready=self.ready)
             await self._start_health()
+            await self._dead_letter_removed_projects()
             now = datetime.now(tz=UTC)
-            for job, seconds in ((self.poll, self.settings.poll_interval), (self.dispatch, DISPATCH_INTERVAL_S), (self.prune, PRUNE_INTERVAL_S)):
+            for runner in self.projects.values():
+                poll = self._guard(partial(self.poll_project, runner), name=runner.job_id)
+                self._scheduler.add_job(poll, "interval", seconds=runner.settings.poll_interval, id=runner.job_id, next_run_time=now)
+            for job, seconds in ((self.dispatch, DISPATCH_INTERVAL_S), (self.prune, PRUNE_INTERVAL_S)):
                 self._scheduler.add_job(self._guard(job), "interval", seconds=seconds, id=job.__name__, next_run_time=now)
             self._scheduler.start()
-            self._lease.start()
+            for runner in self.projects.values():
+                runner.keeper.start()
             if self.stores.wake is not None:
                 self._wake_task = asyncio.create_task(self._follow_wakes(self.stores.wake), name="outbox-wake")
         except BaseException:
             await self._close()
             raise
-        _log_started(self._parts, first_run=(await self.stores.actions.load_cursor()).first_run)
+        await _log_started(self._parts)
+
+    async def _dead_letter_removed_projects(self) -> None:
+        """Dead-letter pending rows of projects no longer configured (their pollers are gone; replay them once it is back)."""
+        removed = await self.stores.outbox.dead_letter_unknown_projects(self.projects)
+        if removed:
+            log.error("outbox.orphaned_rows", count=removed, hint="their project was removed from the configuration; see `outbox list --dead`")
 
     async def _follow_wakes(self, wake: asyncio.Event) -> None:
         """Kick the dispatcher whenever the store says rows were enqueued (PostgreSQL's NOTIFY); the 1 s tick stays the fallback."""
@@ -155,27 +173,24 @@ class Relay:
 
     def alive(self) -> tuple[bool, str]:
         """Whether the scheduler runs and its jobs tick (for /healthz and the systemd watchdog)."""
-        return liveness(self._last_tick, now=time.monotonic(), scheduler_running=self.running, poll_started_at=self.loop.started_at)
+        started = [r.loop.started_at for r in self.projects.values() if r.loop.started_at is not None]
+        return liveness(self._last_tick, now=time.monotonic(), scheduler_running=self.running, poll_started_at=min(started, default=None))
 
     def ready(self) -> tuple[bool, str]:
-        """Whether a poll succeeded recently, the keys are accepted and the state database works (for /readyz).
+        """Whether every project polled recently with accepted keys (or, as a follower, reaches its lease) and the state database works (/readyz).
 
         A follower polls nothing: it is ready while its lease attempts reach the database.
+        With several projects, the detail names each project that is not ready.
         """
-        if self.elector.standing.term is None:
-            ok_at = self.elector.last_ok_at
-            age_s = None if ok_at is None else time.monotonic() - ok_at
-            return follower_readiness(age_s, max_age_s=self.elector.timing.ttl_s, lease_error=self.elector.last_error, stopping=self._stopping)
-        return readiness(
-            self.loop.last_poll_ok_at,
-            now=self._clock(),
-            poll_interval_s=max(self.settings.poll_interval, self.loop.pacing.interval_s),
-            auth_failed=self.loop.pacing.auth_failures > 0,
-            stopping=self._stopping,
-            store_problem=self._store_health.problem(),
-        )
+        verdicts = {name: runner.ready(stopping=self._stopping) for name, runner in self.projects.items()}
+        if len(verdicts) == 1:
+            return next(iter(verdicts.values()))
+        failing = [f"{name}: {detail}" for name, (ok, detail) in verdicts.items() if not ok]
+        if failing:
+            return False, "; ".join(failing)
+        return True, f"{len(verdicts)} projects ready"
 
-    def _guard(self, job: Callable[[], Coroutine[Any, Any, None]]) -> Callable[[], Coroutine[Any, Any, None]]:
+    def _guard(self, job: Callable[[], Coroutine[Any, Any, None]], *, name: str | None = None) -> Callable[[], Coroutine[Any, Any, None]]:
         """Track the running job so shutdown can wait for it."""
 
         async def run() -> None:
@@ -188,32 +203,48 @@ class Relay:
                 if task is not None:
                     self._tasks.discard(task)
 
-        run.__name__ = job.__name__
+        run.__name__ = name or str(getattr(job, "__name__", "job"))
         return run
 
     async def poll(self) -> None:
-        """Run one poll cycle if this replica leads and nothing holds it back; schedule what it asks for."""
-        if not self.elector.trusted() or not self.loop.may_poll() or self._store_health.file_gone():
+        """Run one poll cycle of every project this replica leads (tests and tools; the scheduler polls each project on its own job)."""
+        for runner in self.projects.values():
+            await self.poll_project(runner)
+
+    async def poll_project(self, runner: ProjectRunner) -> None:
+        """Run one cycle of ``runner``'s project if this replica leads it and nothing holds it back; schedule what it asks for."""
+        if not runner.may_poll() or self._store_health.file_gone():
             return
-        asked = await self.loop.run_once(outbox=self._outbox.refresh)
+        asked = await runner.run_once(outbox=self._outbox.refresh)
         if asked.at is not None:
-            self._schedule("poll", asked.at)
+            self._schedule(runner.job_id, asked.at)
         if asked.wake_dispatch:
             self._schedule("dispatch", self._clock())
 
-    async def _lead(self) -> None:
-        await self.loop.resume_shared_limits()
-        self._schedule("poll", self._clock())
+    async def _lead(self, runner: ProjectRunner) -> None:
+        self._schedule(runner.job_id, self._clock())
 
-    def watch(self, action_id: str) -> None:
-        """Your application just started ``action_id``: poll soon and stay fast while it runs (wakes coalesce)."""
-        self._schedule("poll", self.loop.watch(action_id), only_sooner=True)
+    def watch(self, action_id: str, project: str | None = None) -> str | None:
+        """Your application just started ``action_id``: poll its project soon and stay fast while it runs (wakes coalesce).
+
+        Return why not (an unknown project, or none named while several are configured), or None.
+        """
+        if project is None and len(self.projects) > 1:
+            return f'name the project: {{"action_id": "...", "project": "{next(iter(self.projects))}"}} (configured: {", ".join(self.projects)})'
+        runner = next(iter(self.projects.values())) if project is None else self.projects.get(project)
+        if runner is None:
+            return f"no project {str(project)[:40]!r} is configured (configured: {', '.join(self.projects)})"
+        with structlog.contextvars.bound_contextvars(project=runner.name):
+            self._schedule(runner.job_id, runner.loop.watch(action_id), only_sooner=True)
+        return None
 
     def _schedule(self, job_id: str, at: float, *, only_sooner: bool = False) -> None:
         job = self._scheduler.get_job(job_id)
         when = datetime.fromtimestamp(at, tz=UTC)
         if job is not None and not (only_sooner and job.next_run_time is not None and job.next_run_time <= when):
-            job.modify(next_run_time=when)
+            # the scheduler wakes through call_soon, which copies the caller's context: start from an empty
+            # one, so a project bound to this caller's log lines never leaks into the jobs it wakes
+            contextvars.Context().run(job.modify, next_run_time=when)
 
     async def dispatch(self) -> None:
         """Start draining sinks with due deliveries; each drains on its own task."""
@@ -248,7 +279,7 @@ class Relay:
             _, pending = await asyncio.wait(running, timeout=grace_s)
             for task in pending:
                 task.cancel()
-        await self._lease.stop()
+        await asyncio.gather(*(runner.keeper.stop() for runner in self.projects.values()))
         cut = await sends
         if cut:
             log.warning("relay.shutdown_cut", sends=cut, grace_s=grace_s, hint="sends unanswered within the grace period stay due and are sent again")
@@ -259,7 +290,8 @@ class Relay:
         log.info("relay.stopped")
 
     async def _close(self) -> None:
-        self.loop.cancel_progress()
+        for runner in self.projects.values():
+            runner.loop.cancel_progress()
         if self._wake_task is not None:
             self._wake_task.cancel()
             self._wake_task = None
@@ -267,25 +299,32 @@ class Relay:
             await self._health.close()
             self._health = None
         await self._parts.session.close()
-        await self.elector.close()
+        await self._parts.lease_store.close()
         await self.stores.close()
         if self._parts.lock is not None:
             self._parts.lock.release()  # after the store: closing the lock's handle drops this process's locks on the file
 
 
-def _log_started(parts: Parts, *, first_run: bool) -> None:
+async def _log_started(parts: Parts) -> None:
     settings = parts.settings
     log.info(
         "relay.started",
         replica=settings.replica_id,
-        api_url=settings.voucherify_api_url,
-        poll_interval_s=settings.poll_interval,
-        idle_poll_interval_s=settings.idle_poll_interval,
-        api_budget_per_hour=settings.api_budget_per_hour,
+        projects=[p.name for p in parts.projects],
         api_budget_per_month=settings.api_budget_per_month,
         pacing=settings.pacing,
         state=settings.state_display(),
         sinks={name: sink.describe() for name, sink in parts.sinks.items()},
-        first_run=first_run,
-        backfill_s=settings.backfill.total_seconds() if settings.backfill else None,
     )
+    for project in parts.projects:
+        p = project.settings
+        log.info(
+            "project.started",
+            project=project.name,
+            api_url=p.voucherify_api_url,
+            poll_interval_s=p.poll_interval,
+            idle_poll_interval_s=p.idle_poll_interval,
+            api_budget_per_hour=p.api_budget_per_hour,
+            first_run=(await project.stores.actions.load_cursor()).first_run,
+            backfill_s=p.backfill.total_seconds() if p.backfill else None,
+        )

@@ -19,9 +19,8 @@ from daemon.app import Parts, Relay
 from daemon.budget import WINDOW_S, RequestBudget
 from daemon.delivery_policy import DeliveryPolicy
 from daemon.elector import Elector
-from daemon.errors import ConfigError
 from daemon.leadership import timing_for
-from daemon.lease import LeaseStore, SqliteLeaseStore
+from daemon.lease import POLL_LEASE, LeaseStore, SqliteLeaseStore
 from daemon.lock import InstanceLock
 from daemon.metrics import RelayMetrics
 from daemon.model import DEFAULT_PROJECT, Event
@@ -29,6 +28,7 @@ from daemon.outbox import Dispatcher
 from daemon.pacing import AUTH_BACKOFF_S
 from daemon.poll_loop import BLOCKED_UNTIL
 from daemon.poller import Poller
+from daemon.project_runner import ProjectParts
 from daemon.settings import RelaySettings
 from daemon.sink_settings import SinkSettings
 from daemon.sinks import Sink
@@ -89,14 +89,6 @@ def route_event(specs: Mapping[str, SinkSettings], event: Event) -> list[str]:
     return [name for name, spec in specs.items() if spec.accepts(action_type=action_type, outcome=outcome, event=kind, project=project)]
 
 
-def require_default_project(settings: RelaySettings) -> None:
-    """Raise ConfigError for named projects: this build polls only the project ``default`` (RELAY_VOUCHERIFY_*)."""
-    named = [name for name in settings.all_projects() if name != DEFAULT_PROJECT]
-    if named:
-        variable = f"RELAY_PROJECTS__{named[0].upper()}__APP_ID"
-        raise ConfigError(variable, "this build polls only the single-project RELAY_VOUCHERIFY_* variables; per-project pollers are not finished yet")
-
-
 def open_lease_store(settings: RelaySettings) -> tuple[LeaseStore, bool]:
     """Return the lease store for RELAY_STATE_URL and whether cycles commit under its fence (PostgreSQL) or not (SQLite)."""
     if settings.state_kind == "postgres":
@@ -106,10 +98,13 @@ def open_lease_store(settings: RelaySettings) -> tuple[LeaseStore, bool]:
     return SqliteLeaseStore(), False
 
 
-def build_elector(settings: RelaySettings) -> Elector:
-    """Create this replica's side of the polling lease."""
-    store, fencing = open_lease_store(settings)
-    return Elector(store=store, holder=settings.replica_id, timing=timing_for(settings.lease_ttl.total_seconds()), fencing=fencing)
+def build_elector(settings: RelaySettings, *, project: str = DEFAULT_PROJECT, store: LeaseStore | None = None) -> Elector:
+    """Create this replica's side of ``project``'s polling lease (on ``store``, or a lease store of its own)."""
+    fencing = settings.state_kind == "postgres"
+    if store is None:
+        store, fencing = open_lease_store(settings)
+    name = POLL_LEASE if project == DEFAULT_PROJECT else f"{POLL_LEASE}:{project}"
+    return Elector(store=store, holder=settings.replica_id, timing=timing_for(settings.lease_ttl.total_seconds()), fencing=fencing, name=name)
 
 
 async def open_stores(settings: RelaySettings, *, mode: Literal["rwc", "rw", "ro"] = "rwc", listen: bool = False) -> Stores:
@@ -135,10 +130,10 @@ async def build_relay(
 ) -> Relay:
     """Open (or take) every adapter the relay needs and return it, not yet started.
 
-    The relay owns what it is given and closes it on stop. If building fails, whatever was
-    opened here is closed again before the error propagates.
+    One client, poller and elector per Voucherify project; ``client`` and ``elector``, when
+    given (tests), are the first project's. The relay owns what it is given and closes it on
+    stop. If building fails, whatever was opened here is closed again before the error propagates.
     """
-    require_default_project(settings)
     async with AsyncExitStack() as undo:
         lock = None
         if settings.state_kind == "sqlite":  # PostgreSQL replicas share the database by design
@@ -151,17 +146,56 @@ async def build_relay(
         if session is None:
             session = aiohttp.ClientSession(raise_for_status=False)
             undo.push_async_callback(session.close)
-        if elector is None:
-            elector = build_elector(settings)
-            undo.push_async_callback(elector.close)
-        if client is None:
-            budget = RequestBudget(settings.api_budget_per_hour, history=await stores.calls.since(clock() - WINDOW_S))
-            blocked_until = float(await stores.actions.load_meta(BLOCKED_UNTIL) or 0)
-            client = build_client(settings, session, retry=retry, budget=budget, blocked_until=blocked_until, permit=elector.permit)
+        lease_store = elector.store if elector is not None else open_lease_store(settings)[0]
+        undo.push_async_callback(lease_store.close)
+        projects: list[ProjectParts] = []
+        for name, project in settings.all_projects().items():
+            given = (client, elector) if not projects else (None, None)
+            projects.append(
+                await _build_project(
+                    settings.for_project(project), name, stores=stores, session=session, lease_store=lease_store, given=given, retry=retry, clock=clock
+                )
+            )
         sinks = sinks or build_sinks(settings, session, messages=stores.messages, clock=clock)
-        parts = _assemble(settings, clock=clock, lock=lock, stores=stores, session=session, client=client, sinks=sinks, elector=elector)
+        parts = _assemble(settings, clock=clock, lock=lock, stores=stores, session=session, sinks=sinks, projects=projects, lease_store=lease_store)
         undo.pop_all()
     return Relay(parts, auth_backoff_s=auth_backoff_s)
+
+
+async def _build_project(
+    settings: RelaySettings,
+    name: str,
+    *,
+    stores: Stores,
+    session: aiohttp.ClientSession,
+    lease_store: LeaseStore,
+    given: tuple[VoucherifyClient | None, Elector | None],
+    retry: RetryPolicy | None,
+    clock: Callable[[], float],
+) -> ProjectParts:
+    """Build one project's client, poller and elector on its own slice of the state (``settings``: RelaySettings.for_project)."""
+    scoped = stores.for_project(name)
+    client, elector = given
+    if elector is None:
+        elector = build_elector(settings, project=name, store=lease_store)
+    if client is None:
+        budget = RequestBudget(settings.api_budget_per_hour, history=await scoped.calls.since(clock() - WINDOW_S))
+        blocked_until = float(await scoped.actions.load_meta(BLOCKED_UNTIL) or 0)
+        client = build_client(settings, session, retry=retry, budget=budget, blocked_until=blocked_until, permit=elector.permit)
+    poller = Poller(
+        client=client,
+        store=scoped.actions,
+        route=partial(route_event, settings.all_sinks()),
+        page_size=settings.list_page_size,
+        max_pages=settings.max_pages_per_cycle,
+        backfill=settings.backfill,
+        stuck_after=settings.stuck_after or None,
+        clock=clock,
+        max_event_bytes=settings.max_event_bytes,
+        fence=elector.fence,
+        project=name,
+    )
+    return ProjectParts(name=name, settings=settings, stores=scoped, client=client, poller=poller, elector=elector)
 
 
 def _assemble(
@@ -171,23 +205,11 @@ def _assemble(
     lock: InstanceLock | None,
     stores: Stores,
     session: aiohttp.ClientSession,
-    client: VoucherifyClient,
     sinks: Mapping[str, Sink],
-    elector: Elector,
+    projects: list[ProjectParts],
+    lease_store: LeaseStore,
 ) -> Parts:
     metrics = RelayMetrics(clock=clock)
-    poller = Poller(
-        client=client,
-        store=stores.actions,
-        route=partial(route_event, settings.all_sinks()),
-        page_size=settings.list_page_size,
-        max_pages=settings.max_pages_per_cycle,
-        backfill=settings.backfill,
-        stuck_after=settings.stuck_after or None,
-        clock=clock,
-        max_event_bytes=settings.max_event_bytes,
-        fence=elector.fence,
-    )
     policy = DeliveryPolicy(max_delay_s=settings.delivery_retry_max_delay, max_age_s=settings.delivery_max_age.total_seconds())
     dispatcher = Dispatcher(
         store=stores.outbox, sinks=sinks, policy=policy, clock=clock, on_result=metrics.delivery_result, on_store_failed=metrics.store_write_failed
@@ -198,11 +220,10 @@ def _assemble(
         lock=lock,
         stores=stores,
         session=session,
-        client=client,
         sinks=sinks,
-        poller=poller,
+        projects=tuple(projects),
+        lease_store=lease_store,
         dispatcher=dispatcher,
         metrics=metrics,
-        elector=elector,
         live_sinks=tuple(s for s in sinks.values() if isinstance(s, SlackAppSink)),
     )

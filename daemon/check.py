@@ -6,11 +6,12 @@ import time
 
 import aiohttp
 
-from daemon.bootstrap import build_client, build_sinks, open_stores, require_default_project
+from daemon.bootstrap import build_client, build_sinks, open_stores
 from daemon.cadence import Cadence, estimate_cost, plan_report
 from daemon.errors import AuthError, ConfigError, RedirectError, StoreError, VoucherifyError
 from daemon.monthly import billing_cycle, expected_detection_s, idle_interval_s
 from daemon.poll_loop import cadence_for
+from daemon.projects import project_variable
 from daemon.settings import RelaySettings
 from daemon.sinks.slack_app import SlackAppSink
 from daemon.voucherify import RetryPolicy
@@ -19,35 +20,54 @@ EX_CONFIG = 78  # refused credentials are a configuration error, like cli.EX_CON
 
 
 async def run_check(settings: RelaySettings) -> int:
-    """Print what the relay would do and whether Voucherify accepts the keys; return the exit status."""
-    require_default_project(settings)
-    pace = f"poll every {settings.poll_interval:g}s while busy, {settings.idle_poll_interval:g}s when idle"
-    print(f"configuration: ok (state {settings.state_display()}; {pace})")
+    """Print what the relay would do and whether Voucherify accepts each project's keys; return the exit status.
+
+    With several projects every project's line names it (``voucherify (project eu): ...``).
+    """
+    projects = settings.all_projects()
+    several = len(projects) > 1
+    if several:
+        print(f"configuration: ok (state {settings.state_display()}; {len(projects)} projects: {', '.join(projects)})")
+    else:
+        pace = f"poll every {settings.poll_interval:g}s while busy, {settings.idle_poll_interval:g}s when idle"
+        print(f"configuration: ok (state {settings.state_display()}; {pace})")
     sinks = settings.all_sinks()
     for name, sink in sinks.items():
         print(f"sink {name}: {sink.kind} {sink.display_url()}{'' if sink.kind != 'webhook' or sink.secret else ' (unsigned: set a secret)'}")
     if not sinks:
         print("sinks: none configured: `run` needs RELAY_WEBHOOK_URL or RELAY_SINKS__<NAME>__KIND/URL")
-    print_cost(settings)
+    for name, project in projects.items():
+        print_cost(settings.for_project(project), label=f" (project {name})" if several else "")
     state_ok, state_line = await describe_state(settings)
     print(state_line)
     async with aiohttp.ClientSession() as session:
         slack_status = await check_slack_apps(settings, session)
-        client = build_client(settings, session, retry=RetryPolicy(max_attempts=1))
-        try:
-            page = await client.list_page(limit=1)
-        except RedirectError as exc:
-            raise ConfigError("RELAY_VOUCHERIFY_API_URL", str(exc)) from None
-        except AuthError as exc:
-            print(f"voucherify: FAILED: credentials refused (HTTP {exc.status}): check RELAY_VOUCHERIFY_APP_ID and RELAY_VOUCHERIFY_APP_TOKEN")
-            print(f"  {exc}")
-            return EX_CONFIG
-        except VoucherifyError as exc:
-            print(f"voucherify: FAILED: {exc}")
-            return 1
+        results = [
+            await check_project(settings.for_project(project), name, session, label=f" (project {name})" if several else "")
+            for name, project in projects.items()
+        ]
+    failed = EX_CONFIG if EX_CONFIG in results else max(results, default=0)
+    return (failed or slack_status or (0 if state_ok else 1)) if sinks else 1
+
+
+async def check_project(settings: RelaySettings, name: str, session: aiohttp.ClientSession, *, label: str) -> int:
+    """Ask one project's API for one list entry; print the verdict; return 0, 1 (unreachable) or EX_CONFIG (keys refused)."""
+    client = build_client(settings, session, retry=RetryPolicy(max_attempts=1))
+    try:
+        page = await client.list_page(limit=1)
+    except RedirectError as exc:
+        raise ConfigError(project_variable(name, "API_URL"), str(exc)) from None
+    except AuthError as exc:
+        keys = f"{project_variable(name, 'APP_ID')} and {project_variable(name, 'APP_TOKEN')}"
+        print(f"voucherify{label}: FAILED: credentials refused (HTTP {exc.status}): check {keys}")
+        print(f"  {exc}")
+        return EX_CONFIG
+    except VoucherifyError as exc:
+        print(f"voucherify{label}: FAILED: {exc}")
+        return 1
     remaining = "" if client.rate_limit_remaining is None else f"; {client.rate_limit_remaining} requests left in the current rate-limit period"
-    print(f"voucherify: ok ({settings.voucherify_api_url} accepted the keys; {len(page.actions)} recent action(s) visible{remaining})")
-    return (slack_status or (0 if state_ok else 1)) if sinks else 1
+    print(f"voucherify{label}: ok ({settings.voucherify_api_url} accepted the keys; {len(page.actions)} recent action(s) visible{remaining})")
+    return 0
 
 
 async def check_slack_apps(settings: RelaySettings, session: aiohttp.ClientSession) -> int:
@@ -82,37 +102,37 @@ async def describe_state(settings: RelaySettings) -> tuple[bool, str]:
     return True, f"state: ok ({where} reachable, schema version {version})"
 
 
-def print_cost(settings: RelaySettings) -> None:
-    """Print what the polling settings will cost in Voucherify requests."""
+def print_cost(settings: RelaySettings, *, label: str = "") -> None:
+    """Print what the polling settings will cost in Voucherify requests (``label`` names the project, with several)."""
     cadence = cadence_for(settings)
-    cadence = cadence.with_idle(print_monthly(settings, cadence))
+    cadence = cadence.with_idle(print_monthly(settings, cadence, label=label))
     cost = estimate_cost(cadence)
     busy_total = cost.busy_per_hour + cost.gets_per_hour
     print(
-        f"cost: idle {cost.idle_per_hour:,.0f} requests/hour ({cost.per_month(busy_hours_per_day=0):,.0f}/month); "
+        f"cost{label}: idle {cost.idle_per_hour:,.0f} requests/hour ({cost.per_month(busy_hours_per_day=0):,.0f}/month); "
         f"busy {busy_total:,.0f}/hour (polls plus ~{cost.gets_per_hour:g} GETs for finished actions); "
         f"with 2 busy hours a day {cost.per_month(busy_hours_per_day=2):,.0f}/month"
     )
     if settings.api_budget_per_hour is not None:
         budget = settings.api_budget_per_hour
-        print(f"budget: at most {budget} requests in any hour (RELAY_API_BUDGET_PER_HOUR), polls spread at least {cadence.budget_floor_s:g}s apart")
+        print(f"budget{label}: at most {budget} requests in any hour (RELAY_API_BUDGET_PER_HOUR), polls spread at least {cadence.budget_floor_s:g}s apart")
     for line in plan_report(cost):
-        print(f"  {line}")
+        print(f"  {line}{label}")
     if busy_total > 100 and settings.api_budget_per_hour is None:  # noqa: PLR2004 - the sandbox limit
-        print("  note: a sandbox project allows 100 requests/hour: set RELAY_API_BUDGET_PER_HOUR=80 there")
+        print(f"  note{label}: a sandbox project allows 100 requests/hour: set RELAY_API_BUDGET_PER_HOUR=80 there")
 
 
-def print_monthly(settings: RelaySettings, cadence: Cadence) -> float | None:
+def print_monthly(settings: RelaySettings, cadence: Cadence, *, label: str = "") -> float | None:
     """Print the idle interval RELAY_API_BUDGET_PER_MONTH gives over a whole billing cycle; return it (None: no monthly budget)."""
     budget = settings.api_budget_per_month
     if budget is None:
-        print(f"pacing: {settings.pacing}; a new action is noticed {expected_detection_s(cadence.idle_s):g}s after it starts on average (idle polls)")
+        print(f"pacing{label}: {settings.pacing}; a new action is noticed {expected_detection_s(cadence.idle_s):g}s after it starts on average (idle polls)")
         return None
     cycle = billing_cycle(time.time(), cycle_day=settings.billing_cycle_day)
     idle_s = idle_interval_s(budget=budget, used=0, now=cycle.start, cycle=cycle, fast_s=cadence.fast_s)
     floor_s = max(idle_s, cadence.budget_floor_s)
     print(
-        f"monthly budget: {budget:,} requests per billing cycle (from day {settings.billing_cycle_day}): idle poll every {floor_s:,.0f}s "
+        f"monthly budget{label}: {budget:,} requests per billing cycle (from day {settings.billing_cycle_day}): idle poll every {floor_s:,.0f}s "
         f"when the cycle's spending is on track; a new action is noticed {expected_detection_s(floor_s):,.0f}s after it starts on average "
         f"(at most {floor_s:,.0f}s; POST /watch makes it immediate)"
     )

@@ -48,10 +48,12 @@ def build_parser() -> argparse.ArgumentParser:
     listing.add_argument("--dead", action="store_true", help="list the dead-letter list instead")
     listing.add_argument("--json", action="store_true", help="one JSON object per line")
     listing.add_argument("--limit", type=int, default=100)
+    listing.add_argument("--project", help="only this Voucherify project's rows")
     replay = outbox.add_parser("replay", help="make deliveries due again (same event id)")
     target = replay.add_mutually_exclusive_group(required=True)
     target.add_argument("row_id", nargs="?", type=int, help="the outbox row id (from `outbox list`)")
     target.add_argument("--dead", action="store_true", help="replay every dead letter")
+    replay.add_argument("--project", help="only this Voucherify project's rows (with --dead: its dead letters only)")
     return parser
 
 
@@ -90,8 +92,8 @@ def _dispatch(args: argparse.Namespace) -> int:
 
 def _outbox(args: argparse.Namespace) -> int:
     if args.outbox_command == "list":
-        return _outbox_list(dead=args.dead, as_json=args.json, limit=args.limit)
-    return _outbox_replay(row_id=args.row_id, dead=args.dead)
+        return _outbox_list(dead=args.dead, as_json=args.json, limit=args.limit, project=args.project)
+    return _outbox_replay(row_id=args.row_id, dead=args.dead, project=args.project)
 
 
 def _settings(*, require_api: bool = True, require_sink: bool = True) -> RelaySettings:
@@ -113,8 +115,8 @@ def _check() -> int:
     return asyncio.run(run_check(_settings(require_sink=False)))
 
 
-def _outbox_list(*, dead: bool, as_json: bool, limit: int) -> int:
-    rows = asyncio.run(_read_outbox(dead=dead, limit=limit))
+def _outbox_list(*, dead: bool, as_json: bool, limit: int, project: str | None) -> int:
+    rows = asyncio.run(_read_outbox(dead=dead, limit=limit, project=project))
     if as_json:
         for row in rows:
             print(json.dumps(_row_dict(row)))
@@ -122,10 +124,11 @@ def _outbox_list(*, dead: bool, as_json: bool, limit: int) -> int:
     if not rows:
         print("no dead letters" if dead else "no pending deliveries")
         return 0
-    print(f"{'ROW':>6}  {'SINK':<12} {'EVENT':<22} {'ACTION':<22} {'TRIES':>5}  {'NEXT ATTEMPT':<20} LAST ERROR")
+    print(f"{'ROW':>6}  {'PROJECT':<10} {'SINK':<12} {'EVENT':<22} {'ACTION':<22} {'TRIES':>5}  {'NEXT ATTEMPT':<20} LAST ERROR")
     for row in rows:
         nxt = _when(row.next_attempt_at) if row.next_attempt_at else "-"
-        print(f"{row.row_id:>6}  {row.sink:<12} {row.event_type:<22} {row.action_id:<22} {row.attempts:>5}  {nxt:<20} {row.last_error or ''}")
+        where = f"{row.project:<10} {row.sink:<12} {row.event_type:<22} {row.action_id:<22}"
+        print(f"{row.row_id:>6}  {where} {row.attempts:>5}  {nxt:<20} {row.last_error or ''}")
     return 0
 
 
@@ -133,31 +136,32 @@ def _row_dict(row: object) -> dict[str, object]:
     return {name: getattr(row, name) for name in row.__slots__}  # type: ignore[attr-defined]
 
 
-def _outbox_replay(*, row_id: int | None, dead: bool) -> int:
-    count = asyncio.run(_replay_outbox(None if dead else row_id))
+def _outbox_replay(*, row_id: int | None, dead: bool, project: str | None) -> int:
+    count = asyncio.run(_replay_outbox(None if dead else row_id, project=project))
     if count == 0:
-        print("nothing to replay" if dead else f"no outbox row {row_id}", file=sys.stderr)
+        scope = "" if project is None else f" of project {project}"
+        print(f"nothing to replay{scope}" if dead else f"no outbox row {row_id}{scope}", file=sys.stderr)
         return 0 if dead else 1
     print(f"{count} deliver{'y' if count == 1 else 'ies'} due again; a running relay sends {'it' if count == 1 else 'them'} within a second")
     return 0
 
 
-async def _read_outbox(*, dead: bool, limit: int) -> list[OutboxRow]:
+async def _read_outbox(*, dead: bool, limit: int, project: str | None) -> list[OutboxRow]:
     from daemon.bootstrap import open_stores  # noqa: PLC0415
 
     stores = await open_stores(_settings(require_api=False, require_sink=False), mode="ro")
     try:
-        return await stores.outbox.list(dead=dead, limit=limit)
+        return await stores.outbox.list(dead=dead, limit=limit, project=project)
     finally:
         await stores.close()
 
 
-async def _replay_outbox(row_id: int | None) -> int:
+async def _replay_outbox(row_id: int | None, *, project: str | None) -> int:
     from daemon.bootstrap import open_stores  # noqa: PLC0415
 
     stores = await open_stores(_settings(require_api=False, require_sink=False), mode="rw")
     try:
-        return await stores.outbox.replay(row_id, now=time.time())
+        return await stores.outbox.replay(row_id, now=time.time(), project=project)
     finally:
         await stores.close()
 

@@ -41,6 +41,11 @@ class Elector:
         self.last_ok_at: float | None = None  # monotonic moment of the last answered attempt (the database round trip)
         self.last_error: str | None = None  # the last attempt's failure, None after one that was answered
 
+    @property
+    def store(self) -> LeaseStore:
+        """The lease store this elector asks (shared by a relay's projects)."""
+        return self._store
+
     async def attempt(self) -> Change:
         """Renew or try for the lease once; return what changed."""
         self.standing, lapsed = expired(self.standing, now=self._monotonic())

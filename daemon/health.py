@@ -51,7 +51,7 @@ class HealthServer:
         source: HealthSource,
         metrics: RelayMetrics | None = None,
         *,
-        watch: Callable[[str], None] | None = None,
+        watch: Callable[[str, str | None], str | None] | None = None,
         watch_token: str | None = None,
         max_connections: int = MAX_CONNECTIONS,
         idle_timeout_s: float = IDLE_TIMEOUT_S,
@@ -111,7 +111,7 @@ class HealthServer:
         return web.Response(body=self._metrics.render(), headers={"Content-Type": CONTENT_TYPE, "Cache-Control": "no-store"})
 
     async def _watch_action(self, request: web.Request) -> web.Response:
-        """``POST /watch {"action_id": "aa_..."}`` with ``Authorization: Bearer <RELAY_WATCH_TOKEN>``."""
+        """``POST /watch {"action_id": "aa_...", "project": "eu"}`` with ``Authorization: Bearer <RELAY_WATCH_TOKEN>`` (project: with several)."""
         assert self._watch is not None  # noqa: S101 - the route exists only with a watcher
         offered = request.headers.get("Authorization", "").removeprefix("Bearer ").strip()
         if not hmac.compare_digest(offered.encode(), self._watch_token.encode()):
@@ -123,7 +123,12 @@ class HealthServer:
         action_id = body.get("action_id") if isinstance(body, dict) else None
         if not isinstance(action_id, str) or not _ACTION_ID.match(action_id):
             return web.json_response({"status": "invalid", "detail": 'send {"action_id": "aa_..."}'}, status=400)
-        self._watch(action_id)
+        project = body.get("project") if isinstance(body, dict) else None
+        if project is not None and not isinstance(project, str):
+            return web.json_response({"status": "invalid", "detail": '"project" must be a project name'}, status=400)
+        refused = self._watch(action_id, project)
+        if refused is not None:
+            return web.json_response({"status": "invalid", "detail": refused}, status=400)
         return web.json_response({"status": "watching", "detail": action_id}, status=202)
 
 

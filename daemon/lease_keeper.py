@@ -10,7 +10,8 @@ import structlog
 from daemon.elector import Elector
 from daemon.errors import StoreError
 from daemon.leadership import Change
-from daemon.metrics import RelayMetrics
+from daemon.metrics import ProjectMetrics
+from daemon.model import DEFAULT_PROJECT
 
 log = structlog.get_logger("daemon.app")
 
@@ -18,18 +19,20 @@ log = structlog.get_logger("daemon.app")
 class LeaseKeeper:
     """Runs the lease attempts until stopped, logs and counts each change, releases on stop."""
 
-    def __init__(self, elector: Elector, metrics: RelayMetrics, *, on_acquired: Callable[[], Awaitable[None]]) -> None:
+    def __init__(self, elector: Elector, metrics: ProjectMetrics, *, on_acquired: Callable[[], Awaitable[None]], project: str = DEFAULT_PROJECT) -> None:
         self._elector = elector
         self._metrics = metrics
+        self._project = project
         self._on_acquired = on_acquired  # a new leader resumes the shared limits and polls at once
         self._task: asyncio.Task[None] | None = None
 
     def start(self) -> None:
         """Start the attempts on a task of their own."""
         self._metrics.set_leadership(leader=False, term=None)
-        self._task = asyncio.create_task(self._run(), name="lease")
+        self._task = asyncio.create_task(self._run(), name=f"lease-{self._project}")
 
     async def _run(self) -> None:
+        structlog.contextvars.bind_contextvars(project=self._project)  # this task's own context
         while True:
             try:
                 await self._changed(await self._elector.attempt())
@@ -50,6 +53,10 @@ class LeaseKeeper:
         """Stop the attempts and hand the lease over now (a rolling update takes seconds, not a TTL)."""
         if self._task is not None:
             self._task.cancel()
+        with structlog.contextvars.bound_contextvars(project=self._project):
+            await self._release()
+
+    async def _release(self) -> None:
         try:
             term = await self._elector.release()
         except StoreError as exc:

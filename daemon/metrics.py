@@ -6,8 +6,10 @@ depth and readiness are read through callables at scrape time, so they are never
 Scrapes run on the event loop thread (``render()`` is cheap), which keeps the SQLite
 connection on the thread that opened it.
 
-Labels carry only fixed vocabularies, sink names (identifiers the operator chose) and
-Voucherify action types (clipped, and capped in number): never a URL, token or secret.
+Labels carry only fixed vocabularies, sink and project names (identifiers the operator
+chose) and Voucherify action types (clipped, and capped in number): never a URL, token or
+secret. What one project's poll loop does is counted through :class:`ProjectMetrics`,
+which labels every series with ``project``.
 """
 
 from __future__ import annotations
@@ -74,87 +76,62 @@ class RelayMetrics:
         # process-wide in prometheus-client, and this process exports only these metrics.
         prometheus_client.disable_created_metrics()  # type: ignore[no-untyped-call]  # untyped upstream
         self.registry = CollectorRegistry()
-        self._clock = clock
-        self._api_seen: Counter[tuple[str, str]] = Counter()
+        self.clock = clock
         self._action_types: set[str] = set()
         reg = self.registry
         ProcessCollector(registry=reg)  # process_* (CPU, memory, fds); needs /proc/stat, so no ProcSubset=pid
         PlatformCollector(registry=reg)
         GCCollector(registry=reg)
         Info(PREFIX, "The running relay's version.", registry=reg).info({"version": version})
-        self.polls = PromCounter(f"{PREFIX}_polls", "Poll cycles by outcome.", ["outcome"], registry=reg)
-        self.poll_duration = Histogram(f"{PREFIX}_poll_duration_seconds", "Time one poll cycle took.", buckets=POLL_BUCKETS_S, registry=reg)
+        self.polls = PromCounter(f"{PREFIX}_polls", "Poll cycles by project and outcome.", ["project", "outcome"], registry=reg)
+        self.poll_duration = Histogram(f"{PREFIX}_poll_duration_seconds", "Time one poll cycle took.", ["project"], buckets=POLL_BUCKETS_S, registry=reg)
         self.api_requests = PromCounter(
-            f"{PREFIX}_api_requests", "Requests sent to Voucherify by endpoint and status (or error kind).", ["endpoint", "status"], registry=reg
+            f"{PREFIX}_api_requests",
+            "Requests sent to Voucherify by project, endpoint and status (or error kind).",
+            ["project", "endpoint", "status"],
+            registry=reg,
         )
-        self.rate_limit_remaining = Gauge(f"{PREFIX}_api_rate_limit_remaining", "Voucherify's last X-Rate-Limit-Remaining (NaN until seen).", registry=reg)
-        self.transitions = PromCounter(f"{PREFIX}_transitions", "Action state changes detected.", registry=reg)
+        self.rate_limit_remaining = Gauge(
+            f"{PREFIX}_api_rate_limit_remaining", "Voucherify's last X-Rate-Limit-Remaining (NaN until seen).", ["project"], registry=reg
+        )
+        self.transitions = PromCounter(f"{PREFIX}_transitions", "Action state changes detected.", ["project"], registry=reg)
         self.events = PromCounter(
-            f"{PREFIX}_events", "Events made, by event type, outcome and action type.", ["event_type", "outcome", "action_type"], registry=reg
+            f"{PREFIX}_events",
+            "Events made, by project, event type, outcome and action type.",
+            ["project", "event_type", "outcome", "action_type"],
+            registry=reg,
         )
-        self.in_flight = Gauge(f"{PREFIX}_actions_in_flight", "Actions seen in progress in the last successful poll.", registry=reg)
+        self.in_flight = Gauge(f"{PREFIX}_actions_in_flight", "Actions seen in progress in the last successful poll.", ["project"], registry=reg)
         self.deliveries = PromCounter(f"{PREFIX}_deliveries", "Delivery attempts by sink and result.", ["sink", "result"], registry=reg)
         self.store_write_failures = PromCounter(
             f"{PREFIX}_store_write_failures", "Batches of delivery results the state database refused (the sink pauses and retries).", ["sink"], registry=reg
         )
         self.last_success = Gauge(
-            f"{PREFIX}_last_successful_poll_timestamp_seconds", "Unix time of the last successful poll (0 until one succeeds).", registry=reg
+            f"{PREFIX}_last_successful_poll_timestamp_seconds", "Unix time of the last successful poll (0 until one succeeds).", ["project"], registry=reg
         )
         self.list_backlog = Gauge(
-            f"{PREFIX}_list_backlog_seconds", "Created_at window the list still owes after a capped cycle (0 when caught up).", registry=reg
+            f"{PREFIX}_list_backlog_seconds", "Created_at window the list still owes after a capped cycle (0 when caught up).", ["project"], registry=reg
         )
         self.list_backlog_pages = Gauge(
-            f"{PREFIX}_list_backlog_pages_owed", "Estimated list pages still owed: the window at the density of the last full page.", registry=reg
+            f"{PREFIX}_list_backlog_pages_owed",
+            "Estimated list pages still owed: the window at the density of the last full page.",
+            ["project"],
+            registry=reg,
         )
-        self.leader = Gauge(f"{PREFIX}_leader", "1 on the replica that holds the polling lease, 0 elsewhere.", registry=reg)
-        self.lease_term = Gauge(f"{PREFIX}_lease_term", "The polling lease's term this replica last held (0: never held).", registry=reg)
-        self.rate_limit_remaining.set(math.nan)
-        for outcome in POLL_OUTCOMES:
-            self.polls.labels(outcome=outcome)
+        self.leader = Gauge(f"{PREFIX}_leader", "1 on the replica that holds the project's polling lease, 0 elsewhere.", ["project"], registry=reg)
+        self.lease_term = Gauge(f"{PREFIX}_lease_term", "The project's polling lease term this replica last held (0: never held).", ["project"], registry=reg)
+        self._projects: dict[str, ProjectMetrics] = {}
 
-    def observe_poll(self, report: PollReport, *, duration_s: float) -> None:
-        """Count a successful cycle: its duration, transitions, in-flight actions and the events it made."""
-        self.polls.labels(outcome="success").inc()
-        self.poll_duration.observe(duration_s)
-        self.transitions.inc(report.transitions)
-        self.in_flight.set(report.in_flight)
-        self.list_backlog.set(report.backlog_window_s or 0.0)
-        self.list_backlog_pages.set(report.backlog_pages_owed or 0)
-        self.last_success.set(self._clock())
-        for event in report.events:
-            self.observe_event(event.type, outcome=event.data.get("outcome"), action_type=event.data.get("type"))
+    def project(self, name: str) -> ProjectMetrics:
+        """Return the series of project ``name`` (created at zero on first use, so alerts see them before anything happens)."""
+        if name not in self._projects:
+            self._projects[name] = ProjectMetrics(self, name)
+        return self._projects[name]
 
-    def set_leadership(self, *, leader: bool, term: int | None) -> None:
-        """Record whether this replica holds the polling lease, and the term it holds or last held."""
-        self.leader.set(1 if leader else 0)
-        if term is not None:
-            self.lease_term.set(term)
-
-    def poll_failed(self, reason: str, *, duration_s: float | None = None) -> None:
-        """Count a failed cycle; ``reason`` is one of POLL_FAILURE_REASONS (see ``failure_reason``)."""
-        if reason not in POLL_FAILURE_REASONS:
-            msg = f"unknown poll failure reason {reason!r}; use one of {', '.join(POLL_FAILURE_REASONS)}"
-            raise ValueError(msg)
-        self.polls.labels(outcome=reason).inc()
-        if duration_s is not None:
-            self.poll_duration.observe(duration_s)
-
-    def observe_api_calls(self, calls: Counter[tuple[str, str]]) -> None:
-        """Add what the client's cumulative ``calls`` counter gained since the last look."""
-        for (endpoint, status), total in calls.items():
-            seen = self._api_seen[(endpoint, status)]
-            gained = total - seen if total >= seen else total  # a smaller total: a new client started from zero
-            if gained:
-                self.api_requests.labels(endpoint=clip_label(endpoint), status=clip_label(status)).inc(gained)
-            self._api_seen[(endpoint, status)] = total
-
-    def set_rate_limit_remaining(self, remaining: int | None) -> None:
-        """Record Voucherify's last X-Rate-Limit-Remaining; None means not seen (NaN)."""
-        self.rate_limit_remaining.set(math.nan if remaining is None else remaining)
-
-    def observe_event(self, event_type: str, *, outcome: str | None, action_type: str | None) -> None:
+    def observe_event(self, event_type: str, *, outcome: str | None, action_type: str | None, project: str) -> None:
         """Count one event made by a poll cycle."""
-        self.events.labels(event_type=clip_label(event_type), outcome=clip_label(outcome), action_type=self._action_type(action_type)).inc()
+        labels = {"event_type": clip_label(event_type), "outcome": clip_label(outcome), "action_type": self._action_type(action_type)}
+        self.events.labels(project=clip_label(project), **labels).inc()
 
     def declare_sinks(self, names: Iterable[str]) -> None:
         """Create every (sink, result) series at zero, so rates and alerts see them before the first delivery."""
@@ -173,7 +150,7 @@ class RelayMetrics:
 
     def watch(self, *, outbox_stats: Callable[[], OutboxStats], ready: Callable[[], tuple[bool, str]] | None = None) -> None:
         """Read outbox depth (and readiness) through these callables at every scrape."""
-        self.registry.register(_StateCollector(outbox_stats, ready, self._clock))
+        self.registry.register(_StateCollector(outbox_stats, ready, self.clock))
 
     def render(self) -> bytes:
         """Return the Prometheus text exposition of every metric (``CONTENT_TYPE``)."""
@@ -186,6 +163,63 @@ class RelayMetrics:
                 return "OTHER"
             self._action_types.add(label)
         return label
+
+
+class ProjectMetrics:
+    """What one project's poll loop and lease count: every series labelled ``project``."""
+
+    def __init__(self, metrics: RelayMetrics, project: str) -> None:
+        self._metrics = metrics
+        self.project = project
+        self._label = label = clip_label(project)
+        self._api_seen: Counter[tuple[str, str]] = Counter()
+        for outcome in POLL_OUTCOMES:
+            metrics.polls.labels(project=label, outcome=outcome)
+        metrics.rate_limit_remaining.labels(project=label).set(math.nan)
+        for gauge in (metrics.leader, metrics.lease_term, metrics.in_flight, metrics.last_success, metrics.list_backlog, metrics.list_backlog_pages):
+            gauge.labels(project=label)
+        metrics.transitions.labels(project=label)
+
+    def observe_poll(self, report: PollReport, *, duration_s: float) -> None:
+        """Count a successful cycle: its duration, transitions, in-flight actions and the events it made."""
+        m, label = self._metrics, self._label
+        m.polls.labels(project=label, outcome="success").inc()
+        m.poll_duration.labels(project=label).observe(duration_s)
+        m.transitions.labels(project=label).inc(report.transitions)
+        m.in_flight.labels(project=label).set(report.in_flight)
+        m.list_backlog.labels(project=label).set(report.backlog_window_s or 0.0)
+        m.list_backlog_pages.labels(project=label).set(report.backlog_pages_owed or 0)
+        m.last_success.labels(project=label).set(m.clock())
+        for event in report.events:
+            m.observe_event(event.type, outcome=event.data.get("outcome"), action_type=event.data.get("type"), project=self.project)
+
+    def set_leadership(self, *, leader: bool, term: int | None) -> None:
+        """Record whether this replica holds the project's polling lease, and the term it holds or last held."""
+        self._metrics.leader.labels(project=self._label).set(1 if leader else 0)
+        if term is not None:
+            self._metrics.lease_term.labels(project=self._label).set(term)
+
+    def poll_failed(self, reason: str, *, duration_s: float | None = None) -> None:
+        """Count a failed cycle; ``reason`` is one of POLL_FAILURE_REASONS (see ``failure_reason``)."""
+        if reason not in POLL_FAILURE_REASONS:
+            msg = f"unknown poll failure reason {reason!r}; use one of {', '.join(POLL_FAILURE_REASONS)}"
+            raise ValueError(msg)
+        self._metrics.polls.labels(project=self._label, outcome=reason).inc()
+        if duration_s is not None:
+            self._metrics.poll_duration.labels(project=self._label).observe(duration_s)
+
+    def observe_api_calls(self, calls: Counter[tuple[str, str]]) -> None:
+        """Add what the project client's cumulative ``calls`` counter gained since the last look."""
+        for (endpoint, status), total in calls.items():
+            seen = self._api_seen[(endpoint, status)]
+            gained = total - seen if total >= seen else total  # a smaller total: a new client started from zero
+            if gained:
+                self._metrics.api_requests.labels(project=self._label, endpoint=clip_label(endpoint), status=clip_label(status)).inc(gained)
+            self._api_seen[(endpoint, status)] = total
+
+    def set_rate_limit_remaining(self, remaining: int | None) -> None:
+        """Record Voucherify's last X-Rate-Limit-Remaining for this project; None means not seen (NaN)."""
+        self._metrics.rate_limit_remaining.labels(project=self._label).set(math.nan if remaining is None else remaining)
 
 
 class _StateCollector:

@@ -18,7 +18,7 @@ import structlog
 from daemon.budget import WINDOW_S
 from daemon.cadence import Cadence
 from daemon.errors import AuthError, BudgetExhaustedError, LeaseLostError, RateLimitedError, StoreError, VoucherifyError
-from daemon.metrics import RelayMetrics, failure_reason
+from daemon.metrics import ProjectMetrics, failure_reason
 from daemon.model import ActionSnapshot
 from daemon.monthly import billing_cycle, counter_for, idle_interval_s, used_in
 from daemon.pacing import AUTH_BACKOFF_S, CycleFacts, Pacing, auth_refused, deferred, started, succeeded, woken
@@ -71,7 +71,7 @@ class PollLoop:
         poller: Poller,
         client: VoucherifyClient,
         stores: Stores,
-        metrics: RelayMetrics,
+        metrics: ProjectMetrics,
         store_health: StoreHealth,
         clock: Callable[[], float],
         live_sinks: tuple[LiveSink, ...] = (),

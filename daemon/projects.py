@@ -104,6 +104,11 @@ def resolve_projects(specs: Mapping[str, ProjectSpec], defaults: GlobalDefaults)
     return projects
 
 
+def project_variable(project: str, field: str) -> str:
+    """Return the variable that sets ``field`` (APP_ID, APP_TOKEN, API_URL, ...) of ``project``, for messages."""
+    return f"RELAY_VOUCHERIFY_{field}" if project == DEFAULT_PROJECT else f"{_PREFIX}{project.upper()}__{field}"
+
+
 def check_project_name(name: str) -> str:
     """Return ``name`` lower-cased, or raise ValueError unless it is a safe identifier."""
     lowered = name.lower()

@@ -189,6 +189,21 @@ class RelaySettings(BaseSettings):
         """Return every Voucherify project (the single-project variables are ``default``) with the global defaults applied."""
         return resolve_projects(self.projects, self)
 
+    def for_project(self, project: ProjectSettings) -> RelaySettings:
+        """Return these settings as one project's poll loop reads them: its credentials, API URL, pace, budget, backfill and stuck limit."""
+        return self.model_copy(
+            update={
+                "voucherify_api_url": project.api_url,
+                "voucherify_app_id": project.app_id,
+                "voucherify_app_token": project.app_token,
+                "api_budget_per_hour": project.api_budget_per_hour,
+                "poll_interval": project.poll_interval,
+                "idle_poll_interval": project.idle_poll_interval,
+                "backfill": project.backfill,
+                "stuck_after": project.stuck_after,
+            }
+        )
+
     def secret_values(self) -> list[str]:
         """Return every secret string, for the log redactor."""
         values = [self.voucherify_app_token, self.webhook_secret, self.watch_token, *(p.app_token for p in self.projects.values())]
@@ -281,9 +296,6 @@ def _check_projects(settings: RelaySettings) -> None:
             raise ConfigError(
                 f"{PREFIX}SINKS__{name.upper()}__PROJECTS", f"names project {unknown[0]!r}, which is not configured ({', '.join(projects) or 'none'})"
             )
-    if settings.state_kind == "postgres" and set(projects) - {"default"}:
-        variable = f"{PREFIX}PROJECTS__{next(p for p in projects if p != 'default').upper()}__APP_ID"
-        raise ConfigError(variable, "named projects need a SQLite state database in this version (RELAY_STATE_URL=sqlite:///...)")
 
 
 def _config_error(exc: ValidationError) -> ConfigError:

@@ -28,7 +28,11 @@ OPS_SINK = {"RELAY_SINKS__OPS__KIND": "webhook", "RELAY_SINKS__OPS__URL": "https
         ({"RELAY_VOUCHERIFY_APP_TOKEN_FILE": "/nonexistent/token"}, "RELAY_VOUCHERIFY_APP_TOKEN_FILE"),
         ({"RELAY_PROJECTS__DEFAULT__APP_ID": "other", "RELAY_PROJECTS__DEFAULT__APP_TOKEN": APP_TOKEN}, "RELAY_PROJECTS__DEFAULT__APP_ID"),
         ({**OPS_SINK, "RELAY_SINKS__OPS__PROJECTS": "eu"}, "RELAY_SINKS__OPS__PROJECTS"),
-        ({"RELAY_PROJECTS__EU__APP_ID": "eu-app", "RELAY_PROJECTS__EU__APP_TOKEN": APP_TOKEN}, "RELAY_PROJECTS__EU__APP_ID"),  # not polled yet: refused
+        ({"RELAY_PROJECTS__EU__APP_ID": "eu-app"}, "RELAY_PROJECTS__EU__APP_TOKEN"),
+        (
+            {"RELAY_PROJECTS__EU__APP_ID": "eu-app", "RELAY_PROJECTS__EU__APP_TOKEN": APP_TOKEN, "RELAY_PROJECTS__EU__POLL_INTERVAL": "0"},
+            "RELAY_PROJECTS__EU__POLL_INTERVAL",
+        ),
     ],
 )
 async def test_bad_configuration_exits_78_naming_the_variable(run_cli, env, variable):
@@ -85,6 +89,50 @@ async def test_outbox_list_and_replay(run_cli, tmp_path, standin, receiver):
     code, _, err = await run_cli("outbox", "replay", "999", env=env)
     assert code == 1
     assert "999" in err
+
+
+async def test_outbox_list_and_replay_by_project(run_cli, tmp_path, standin, receiver):
+    """`outbox list` shows each row's project and filters by --project; `outbox replay --dead --project` replays only that project's."""
+    env = relay_env(tmp_path, standin, receiver)
+    stores = open_sqlite(tmp_path / "state.db")
+    for project in ("eu", "us"):
+        event = Event(id=f"evt_{project}", type="async_action.failed", timestamp="2026-01-01T00:00:00.000Z", data={"id": f"aa_{project}"})
+        await stores.for_project(project).actions.commit_cycle(CycleResult(snapshots=[], events=[(event, ["webhook"])]), now=1.0)
+    assert await stores.outbox.dead_letter_unknown_projects(["default"]) == 2
+    await stores.close()
+    code, out, _ = await run_cli("outbox", "list", "--dead", env=env)
+    assert code == 0
+    assert [line.split()[1] for line in out.splitlines()[1:]] == ["us", "eu"], "the PROJECT column"
+    code, out, _ = await run_cli("outbox", "list", "--dead", "--project", "eu", "--json", env=env)
+    assert [json.loads(line)["project"] for line in out.splitlines()] == ["eu"]
+    code, out, _ = await run_cli("outbox", "replay", "--dead", "--project", "us", env=env)
+    assert (code, out.split()[0]) == (0, "1")
+    code, out, _ = await run_cli("outbox", "list", "--dead", env=env)
+    assert [line.split()[1] for line in out.splitlines()[1:]] == ["eu"]
+
+
+async def test_check_names_the_project_in_every_line_and_exits_78_for_refused_keys(run_cli, tmp_path, standin):
+    """With two projects, `check` probes each with its own keys, names the project on its lines and names the refused project's variables."""
+    env = {
+        "RELAY_WEBHOOK_URL": "https://hooks.example.com/in",
+        "RELAY_STATE_URL": f"sqlite:///{tmp_path}/state.db",
+        "RELAY_PROJECTS__EU__APP_ID": "app-123",
+        "RELAY_PROJECTS__EU__APP_TOKEN": APP_TOKEN,
+        "RELAY_PROJECTS__EU__API_URL": standin.base_url,
+        "RELAY_PROJECTS__US__APP_ID": "app-us",
+        "RELAY_PROJECTS__US__APP_TOKEN": "tok_us_wrong_0123456789",
+        "RELAY_PROJECTS__US__API_URL": standin.base_url,
+        "RELAY_PROJECTS__US__API_BUDGET_PER_HOUR": "80",
+    }
+    code, out, err = await run_cli("check", env=env)
+    assert code == 78, out + err
+    assert "2 projects: eu, us" in out
+    assert "voucherify (project eu): ok" in out
+    assert "voucherify (project us): FAILED: credentials refused" in out
+    assert "RELAY_PROJECTS__US__APP_ID and RELAY_PROJECTS__US__APP_TOKEN" in out
+    assert "budget (project us): at most 80 requests" in out
+    assert "cost (project eu):" in out
+    assert "tok_us_wrong_0123456789" not in out + err
 
 
 async def test_demo_runs_on_embedded_defaults(run_cli):

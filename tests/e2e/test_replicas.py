@@ -82,7 +82,7 @@ async def test_three_replicas_one_poller_every_event_delivered_once(tmp_path, st
         await until(lambda: len(receiver.delivered) >= len(running), timeout_s=15)
         await asyncio.sleep(1.0)  # room for a duplicate to show up
         gauges = [await asyncio.to_thread(r.http_get, "/metrics") for r in replicas.replicas]
-        assert [("voucherify_relay_leader 1.0" in body) for _, body in gauges] == [r is leader for r in replicas.replicas]
+        assert [('voucherify_relay_leader{project="default"} 1.0' in body) for _, body in gauges] == [r is leader for r in replicas.replicas]
         assert pollers(proxies) == [replicas.replicas.index(leader)], "only the leader polls"
         ready = [(await asyncio.to_thread(r.http_get, "/readyz"))[0] for r in replicas.replicas]
         assert ready == [200, 200, 200], "followers are ready too"

@@ -169,31 +169,34 @@ async def test_metrics_parse_and_hold_every_family(http, base_url):
 
 async def test_metrics_follow_what_the_app_reports(http, base_url, metrics, outbox):
     """Polls, API calls, events, deliveries and outbox depth show up with the right labels and values."""
-    metrics.observe_poll(PollReport(transitions=3, in_flight=2), duration_s=0.4)
-    metrics.poll_failed("auth", duration_s=0.1)
-    metrics.observe_api_calls(Counter({("list", "200"): 2, ("get", "404"): 1}))
-    metrics.set_rate_limit_remaining(97)
-    metrics.observe_event("async_action.failed", outcome="failure", action_type="VOUCHERS.IMPORT_CSV")
+    project = metrics.project("eu")
+    project.observe_poll(PollReport(transitions=3, in_flight=2), duration_s=0.4)
+    project.poll_failed("auth", duration_s=0.1)
+    project.observe_api_calls(Counter({("list", "200"): 2, ("get", "404"): 1}))
+    project.set_rate_limit_remaining(97)
+    metrics.observe_event("async_action.failed", outcome="failure", action_type="VOUCHERS.IMPORT_CSV", project="eu")
     metrics.declare_sinks(["ops"])
     metrics.delivery_result("ops", "delivered")
     outbox.stats = OutboxStats(pending=4, dead=1, oldest_pending_created_at=NOW - 125.0)
     found = samples(await scrape(http, base_url))
-    assert found[("voucherify_relay_polls_total", (("outcome", "success"),))] == 1
-    assert found[("voucherify_relay_polls_total", (("outcome", "auth"),))] == 1
-    assert found[("voucherify_relay_polls_total", (("outcome", "crashed"),))] == 0
-    assert found[("voucherify_relay_poll_duration_seconds_count", ())] == 2
-    assert found[("voucherify_relay_transitions_total", ())] == 3
-    assert found[("voucherify_relay_actions_in_flight", ())] == 2
-    assert found[("voucherify_relay_api_requests_total", (("endpoint", "get"), ("status", "404")))] == 1
-    assert found[("voucherify_relay_api_rate_limit_remaining", ())] == 97
-    event_labels = (("action_type", "VOUCHERS.IMPORT_CSV"), ("event_type", "async_action.failed"), ("outcome", "failure"))
+    eu = (("project", "eu"),)
+    assert found[("voucherify_relay_polls_total", (("outcome", "success"), *eu))] == 1
+    assert found[("voucherify_relay_polls_total", (("outcome", "auth"), *eu))] == 1
+    assert found[("voucherify_relay_polls_total", (("outcome", "crashed"), *eu))] == 0
+    assert found[("voucherify_relay_poll_duration_seconds_count", eu)] == 2
+    assert found[("voucherify_relay_transitions_total", eu)] == 3
+    assert found[("voucherify_relay_actions_in_flight", eu)] == 2
+    assert found[("voucherify_relay_api_requests_total", (("endpoint", "get"), *eu, ("status", "404")))] == 1
+    assert found[("voucherify_relay_api_rate_limit_remaining", eu)] == 97
+    assert found[("voucherify_relay_leader", eu)] == 0, "a project's leader gauge exists from its first use"
+    event_labels = (("action_type", "VOUCHERS.IMPORT_CSV"), ("event_type", "async_action.failed"), ("outcome", "failure"), *eu)
     assert found[("voucherify_relay_events_total", event_labels)] == 1
     assert found[("voucherify_relay_deliveries_total", (("result", "delivered"), ("sink", "ops")))] == 1
     assert found[("voucherify_relay_deliveries_total", (("result", "expired"), ("sink", "ops")))] == 0
     assert found[("voucherify_relay_outbox_pending_deliveries", ())] == 4
     assert found[("voucherify_relay_dead_letters", ())] == 1
     assert found[("voucherify_relay_oldest_pending_delivery_age_seconds", ())] == 125
-    assert found[("voucherify_relay_last_successful_poll_timestamp_seconds", ())] == NOW
+    assert found[("voucherify_relay_last_successful_poll_timestamp_seconds", eu)] == NOW
     assert found[("voucherify_relay_ready", ())] == 1
     assert found[("voucherify_relay_info", (("version", "0.1.0"),))] == 1
 
@@ -201,21 +204,26 @@ async def test_metrics_follow_what_the_app_reports(http, base_url, metrics, outb
 async def test_api_calls_are_counted_by_difference_across_scrapes_and_client_restarts(metrics):
     """The client's cumulative Counter is added by its growth; a smaller total (a new client) counts from zero."""
     calls: Counter[tuple[str, str]] = Counter({("list", "200"): 5})
-    metrics.observe_api_calls(calls)
-    metrics.observe_api_calls(calls)
+    project = metrics.project("default")
+    project.observe_api_calls(calls)
+    project.observe_api_calls(calls)
     calls[("list", "200")] += 2
-    metrics.observe_api_calls(calls)
-    metrics.observe_api_calls(Counter({("list", "200"): 1}))
-    assert metrics.registry.get_sample_value("voucherify_relay_api_requests_total", {"endpoint": "list", "status": "200"}) == 8
+    project.observe_api_calls(calls)
+    project.observe_api_calls(Counter({("list", "200"): 1}))
+    metrics.project("eu").observe_api_calls(Counter({("list", "200"): 3}))
+    labels = {"endpoint": "list", "status": "200"}
+    assert metrics.registry.get_sample_value("voucherify_relay_api_requests_total", {**labels, "project": "default"}) == 8
+    assert metrics.registry.get_sample_value("voucherify_relay_api_requests_total", {**labels, "project": "eu"}) == 3, "each project counts its own client"
 
 
 def test_rate_limit_remaining_is_nan_until_voucherify_reports_it(metrics):
     """An unknown remaining quota reads NaN (no false alarm at 0) and returns to NaN when unknown again."""
-    assert math.isnan(metrics.registry.get_sample_value("voucherify_relay_api_rate_limit_remaining"))
-    metrics.set_rate_limit_remaining(0)
-    assert metrics.registry.get_sample_value("voucherify_relay_api_rate_limit_remaining") == 0
-    metrics.set_rate_limit_remaining(None)
-    assert math.isnan(metrics.registry.get_sample_value("voucherify_relay_api_rate_limit_remaining"))
+    project, labels = metrics.project("default"), {"project": "default"}
+    assert math.isnan(metrics.registry.get_sample_value("voucherify_relay_api_rate_limit_remaining", labels))
+    project.set_rate_limit_remaining(0)
+    assert metrics.registry.get_sample_value("voucherify_relay_api_rate_limit_remaining", labels) == 0
+    project.set_rate_limit_remaining(None)
+    assert math.isnan(metrics.registry.get_sample_value("voucherify_relay_api_rate_limit_remaining", labels))
 
 
 async def test_an_outbox_that_cannot_answer_leaves_its_figures_out_but_the_scrape_works(http, base_url, outbox):
@@ -228,10 +236,10 @@ async def test_an_outbox_that_cannot_answer_leaves_its_figures_out_but_the_scrap
 
 def test_action_type_labels_are_clipped_and_capped(metrics):
     """Unknown action types keep a safe charset and length, and past MAX_ACTION_TYPES distinct ones become OTHER."""
-    metrics.observe_event("async_action.completed", outcome="success", action_type='NEW.TYPE {"x"}\n' + "A" * 200)
+    metrics.observe_event("async_action.completed", outcome="success", action_type='NEW.TYPE {"x"}\n' + "A" * 200, project="default")
     for n in range(MAX_ACTION_TYPES + 10):
-        metrics.observe_event("async_action.completed", outcome="success", action_type=f"FUTURE.TYPE_{n}")
-    metrics.observe_event("async_action.stuck", outcome=None, action_type=None)
+        metrics.observe_event("async_action.completed", outcome="success", action_type=f"FUTURE.TYPE_{n}", project="default")
+    metrics.observe_event("async_action.stuck", outcome=None, action_type=None, project="default")
     types = {s.labels["action_type"] for f in metrics.registry.collect() if f.name == "voucherify_relay_events" for s in f.samples}
     assert len(types) == MAX_ACTION_TYPES + 1
     assert "OTHER" in types
@@ -259,7 +267,7 @@ def test_failure_reason_maps_errors_to_the_fixed_vocabulary(exc, reason):
 def test_an_unknown_failure_reason_is_refused(metrics):
     """poll_failed accepts only the fixed vocabulary, so labels cannot grow by accident."""
     with pytest.raises(ValueError, match="unknown poll failure reason"):
-        metrics.poll_failed("dns")
+        metrics.project("default").poll_failed("dns")
 
 
 async def test_no_secret_reaches_a_metric_label(http, base_url, metrics, tmp_path):
@@ -277,8 +285,8 @@ async def test_no_secret_reaches_a_metric_label(http, base_url, metrics, tmp_pat
     metrics.declare_sinks(settings.all_sinks())
     for sink in settings.all_sinks():
         metrics.delivery_result(sink, "retry")
-    metrics.observe_api_calls(Counter({("list", "401"): 1}))
-    metrics.poll_failed("auth")
+    metrics.project("default").observe_api_calls(Counter({("list", "401"): 1}))
+    metrics.project("default").poll_failed("auth")
     text = await scrape(http, base_url)
     secrets = [*settings.secret_values(), "qu3ryS3cretToken123", "sl4ckS3cretPathToken"]
     assert len(secrets) > 3
@@ -332,6 +340,7 @@ RELAY = {"instance": "relay:9464", "job": "voucherify-relay"}
 def test_alert_rules_use_only_exported_metrics(metrics):
     """Every voucherify_relay_* name the example alert rules query is one the relay exports."""
     metrics.declare_sinks(["ops"])
+    metrics.project("default")
     exported = {s.name for f in metrics.registry.collect() for s in f.samples}
     queried = set(re.findall(r"\bvoucherify_relay_[a-z_]+", ALERTS.read_text(encoding="utf-8")))
     assert queried

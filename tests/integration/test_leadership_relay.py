@@ -62,7 +62,7 @@ async def replicas(make_settings, tmp_path, url: str, count: int) -> AsyncIterat
 
 def leaders(relays: list[Relay]) -> list[Relay]:
     """Return the relays whose leader gauge reads 1."""
-    return [r for r in relays if r.metrics.leader._value.get() == 1]
+    return [r for r in relays if r.metrics.leader.labels(project="default")._value.get() == 1]
 
 
 async def test_exactly_one_of_three_replicas_polls_and_the_others_are_ready(standin, make_settings, tmp_path, clear_lease):
@@ -74,7 +74,7 @@ async def test_exactly_one_of_three_replicas_polls_and_the_others_are_ready(stan
         assert leader.client.requests_sent == standin.count("list") + standin.count("get")
         assert all(f.client.requests_sent == 0 for f in followers)
         assert all(f.ready()[0] for f in followers), [f.ready() for f in followers]
-        assert b"voucherify_relay_lease_term 1.0" in leader.metrics.render()
+        assert b'voucherify_relay_lease_term{project="default"} 1.0' in leader.metrics.render()
 
 
 async def test_a_stopping_leader_hands_over_within_a_second(make_settings, tmp_path, clear_lease):
@@ -96,7 +96,7 @@ async def test_a_leader_whose_lease_is_taken_steps_down_and_sends_nothing(standi
         await until(lambda: relay.last_poll is not None)
         with psycopg.connect(clear_lease, autocommit=True) as conn:
             conn.execute("UPDATE relay_lease SET holder = 'elsewhere', term = term + 1, expires_at = now() + interval '1 hour'")
-        await until(lambda: relay.metrics.leader._value.get() == 0, timeout_s=TTL_S)
+        await until(lambda: relay.metrics.leader.labels(project="default")._value.get() == 0, timeout_s=TTL_S)
         sent = standin.count("list")
         await asyncio.sleep(5 * relay.elector.timing.retry_every_s)
         assert standin.count("list") == sent

@@ -146,7 +146,7 @@ async def test_ids_that_are_not_plain_voucherify_ids_never_reach_a_url(standin: 
 
 
 def _gauge(scrape: str, name: str) -> float:
-    return next(float(line.split()[-1]) for line in scrape.splitlines() if line.startswith(name + " "))
+    return next(float(line.split()[-1]) for line in scrape.splitlines() if line.startswith(name + '{project="default"} '))
 
 
 async def test_the_client_refuses_an_id_that_is_not_plain(standin: VoucherifyStandIn):

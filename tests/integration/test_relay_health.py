@@ -30,10 +30,10 @@ async def test_ready_after_a_poll_and_metrics_count_the_work(standin, receiver, 
         status, text = await get(relay.http_port, "/metrics")
     assert status == 200
     samples = {(s.name, tuple(sorted(s.labels.items()))): s.value for f in text_string_to_metric_families(text) for s in f.samples}
-    event_labels = (("action_type", "CUSTOMERS.IMPORT_CSV"), ("event_type", "async_action.completed"), ("outcome", "partial"))
+    event_labels = (("action_type", "CUSTOMERS.IMPORT_CSV"), ("event_type", "async_action.completed"), ("outcome", "partial"), ("project", "default"))
     assert samples[("voucherify_relay_events_total", event_labels)] == 1
     assert samples[("voucherify_relay_deliveries_total", (("result", "delivered"), ("sink", "webhook")))] == 1
-    assert samples[("voucherify_relay_api_requests_total", (("endpoint", "get"), ("status", "200")))] == 1
+    assert samples[("voucherify_relay_api_requests_total", (("endpoint", "get"), ("project", "default"), ("status", "200")))] == 1
     assert sum(v for (name, labels), v in samples.items() if name == "voucherify_relay_polls_total" and ("outcome", "success") in labels) >= 2
     for secret in (APP_TOKEN, WEBHOOK_SECRET, receiver.url):
         assert secret not in text
