@@ -5,18 +5,16 @@ from __future__ import annotations
 import asyncio
 import inspect
 import os
-import secrets
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING
-from urllib.parse import urlsplit, urlunsplit
 
 import psycopg
 import pytest
-from psycopg import sql
 
+from bench.pg_database import temp_database
 from daemon.app import Relay
 from daemon.bootstrap import build_relay
 from daemon.demo.receiver import RecordingReceiver
@@ -141,14 +139,8 @@ def pg_database() -> Iterator[str]:
     server = pg_server_url()
     if server is None:
         pytest.skip(PG_SKIP)
-    name = f"relay_test_{secrets.token_hex(6)}"
-    with psycopg.connect(server, autocommit=True) as conn:
-        conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
-    try:
-        yield urlunsplit(urlsplit(server)._replace(path=f"/{name}"))
-    finally:
-        with psycopg.connect(server, autocommit=True) as conn:
-            conn.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name)))
+    with temp_database(server, prefix="relay_test") as url:
+        yield url
 
 
 @pytest.fixture
