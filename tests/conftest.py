@@ -30,6 +30,7 @@ from tests.fakes.slack_web import BOT_TOKEN as FAKE_SLACK_BOT_TOKEN
 APP_TOKEN = "tok_live_s3cr3t_0123456789abcdef"
 WEBHOOK_SECRET = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw"
 WATCH_TOKEN = "watch-token-0123456789abcdef"
+PG_PASSWORD = "pg-s3cret-passw0rd-0123"  # what tests put in PGPASSWORD
 SLACK_URL = "https://hooks.slack.com/services/T000/B000/XXXXXXXXXXXXXXXXXXXXXXXX"  # a placeholder, not a real hook
 
 
@@ -161,6 +162,7 @@ KNOWN_SECRETS = {
     "webhook secret key": WEBHOOK_SECRET.removeprefix("whsec_"),
     "Slack URL": SLACK_URL,
     "watch token": WATCH_TOKEN,
+    "PGPASSWORD": PG_PASSWORD,
     "Slack URL token": SLACK_URL.rsplit("/", 1)[-1],
     "FakeSlack hook token": FAKE_SLACK_HOOK_PATH.rsplit("/", 1)[-1],
     "FakeSlackWeb bot token": FAKE_SLACK_BOT_TOKEN,
