@@ -72,32 +72,46 @@ RETENTION_S = 7 * 86400.0
 # --- child: pre-fill --------------------------------------------------------------------------
 
 
-def prefill(db: Path, count: int) -> dict[str, float]:
-    """Fill ``db`` with ``count`` finished actions, their delivered outbox rows, dead letters and an API-call log."""
+MARK_DELIVERED = "UPDATE outbox SET status='delivered', attempts=1, finished_at=created_at + 1, last_error=NULL"
+MARK_DEAD = "UPDATE outbox SET status='dead', next_attempt_at=NULL, last_error='HTTP 500' WHERE row_id <= %s"  # SQLite: ? for %s
+
+
+async def seed(stores: Stores, count: int) -> int:
+    """Write ``count`` finished actions with their outbox rows and a week of API-call log through the ports; return how many rows to mark dead."""
     from daemon.model import ActionSnapshot, format_timestamp  # noqa: PLC0415
     from daemon.store import CycleResult  # noqa: PLC0415
-    from daemon.store.sqlite import open_sqlite  # noqa: PLC0415
 
-    started = time.perf_counter()
     rng = random.Random(count)
     now = time.time()
-    stores = open_sqlite(db)
     for first in range(0, count, BATCH):
-        size = min(BATCH, count - first)
-        events = sample_events(size, prefix="aa_hist", start=first)
+        events = sample_events(min(BATCH, count - first), prefix="aa_hist", start=first)
         snapshots = []
         for event in events:
             created = datetime.fromtimestamp(now - rng.uniform(3 * 86400.0, 10 * 86400.0), tz=UTC)
             stamp = format_timestamp(created)
             snapshots.append(ActionSnapshot(str(event.data["id"]), str(event.data["type"]), str(event.data["status"]), None, 100, stamp, stamp))
         seen_at = now - rng.uniform(0, RETENTION_S / 2)
-        asyncio.run(stores.actions.commit_cycle(CycleResult(snapshots=snapshots, events=[(e, ["webhook"]) for e in events]), now=seen_at))
-    asyncio.run(stores.calls.record(now - RETENTION_S * k / count for k in range(count)))
-    asyncio.run(stores.close())
-    dead = min(100, max(1, count // 100))
+        await stores.actions.commit_cycle(CycleResult(snapshots=snapshots, events=[(e, ["webhook"]) for e in events]), now=seen_at)
+    await stores.calls.record(now - RETENTION_S * k / count for k in range(count))
+    return min(100, max(1, count // 100))
+
+
+async def close(stores: Stores) -> None:
+    """Close a store bundle (``asyncio.run`` wants a coroutine)."""
+    await stores.close()
+
+
+def prefill(db: Path, count: int) -> dict[str, float]:
+    """Fill ``db`` with ``count`` finished actions, their delivered outbox rows, dead letters and an API-call log."""
+    from daemon.store.sqlite import open_sqlite  # noqa: PLC0415
+
+    started = time.perf_counter()
+    stores = open_sqlite(db)
+    dead = asyncio.run(seed(stores, count))
+    asyncio.run(close(stores))
     with sqlite3.connect(db) as raw:  # bulk "delivered", as delivered results would leave them
-        raw.execute("UPDATE outbox SET status='delivered', attempts=1, finished_at=created_at + 1, last_error=NULL")
-        raw.execute("UPDATE outbox SET status='dead', next_attempt_at=NULL, last_error='HTTP 500' WHERE row_id <= ?", (dead,))
+        raw.execute(MARK_DELIVERED)
+        raw.execute(MARK_DEAD.replace("%s", "?"), (dead,))
     return {"prefill_s": time.perf_counter() - started, "db_mib": db.stat().st_size / 2**20}
 
 
@@ -151,14 +165,14 @@ async def measure_interleaved(dbs: dict[int, Path], url: str, *, cycles: int) ->
             setups.append((size, poller, store, client))
         for n in range(cycles):
             for size, poller, store, client in setups if n % 2 == 0 else setups[::-1]:
-                for key, value in (await _one_cycle(poller, store, client)).items():
+                for key, value in (await time_cycle(poller, store, client)).items():
                     out[size].setdefault(key, []).append(value)
         for _, _, store, _ in setups:
             await store.close()
     return out
 
 
-async def _one_cycle(poller: Poller, store: Stores, client: VoucherifyClient) -> dict[str, float]:
+async def time_cycle(poller: Poller, store: Stores, client: VoucherifyClient) -> dict[str, float]:
     """Time one steady cycle and, separately, the pieces around it."""
     c0, w0 = time.process_time(), time.perf_counter()
     report = await poller.poll_once()
@@ -244,13 +258,13 @@ async def _memory_pass(poller: Poller, store: Stores, cycles: int) -> dict[str, 
 # --- orchestrator -----------------------------------------------------------------------------
 
 
-def run_child(args: list[str], *, timeout_s: float) -> dict[str, Any]:
-    """Run this module in a child process; return the JSON it prints last."""
-    done = subprocess.run(  # noqa: S603 - this interpreter and this module
-        [sys.executable, "-m", "bench.cycle_cost", *args], cwd=ROOT, env=child_env(), capture_output=True, text=True, timeout=timeout_s, check=False
+def run_child(args: list[str], *, timeout_s: float, module: str = "bench.cycle_cost") -> dict[str, Any]:
+    """Run ``module`` (this one by default) in a child process; return the JSON it prints last."""
+    done = subprocess.run(  # noqa: S603 - this interpreter and one of our modules
+        [sys.executable, "-m", module, *args], cwd=ROOT, env=child_env(), capture_output=True, text=True, timeout=timeout_s, check=False
     )
     if done.returncode != 0:
-        msg = f"bench.cycle_cost {' '.join(args)} failed:\n{done.stderr[-3000:]}"
+        msg = f"{module} {' '.join(args)} failed:\n{done.stderr[-3000:]}"
         raise RuntimeError(msg)
     result: dict[str, Any] = json.loads(done.stdout.strip().splitlines()[-1])
     return result

@@ -22,26 +22,22 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
-import secrets
 import signal
 import statistics
 import sys
 import tempfile
 import time
 from collections import Counter
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from datetime import UTC, datetime
 from pathlib import Path
-from urllib.parse import urlsplit, urlunsplit
 
 if __package__ in (None, ""):
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-import psycopg
-from psycopg import sql
-
 from bench.common import APP_ID, APP_TOKEN, Section, base_parser, env_int, finish, fmt, markdown_table, receiver_process, sample_events
 from bench.common import relay_env as bench_env
+from bench.pg_database import bench_server_url, temp_database
 from bench.replica_set import Replica, ReplicaSet
 from bench.throughput import received, run_bare
 from daemon.demo.receiver import RecordingReceiver
@@ -51,29 +47,6 @@ from daemon.store.postgres import open_postgres
 
 TYPE = "CUSTOMERS.IMPORT_CSV"
 MODES = (signal.SIGKILL, signal.SIGSTOP, signal.SIGTERM)
-
-
-def server_url() -> str:
-    """Return the PostgreSQL server to create the bench database on."""
-    import os  # noqa: PLC0415 - read once, here
-
-    url = os.environ.get("RELAY_BENCH_POSTGRES_URL") or os.environ.get("RELAY_TEST_POSTGRES_URL")
-    if not url:
-        sys.exit("set RELAY_BENCH_POSTGRES_URL (or RELAY_TEST_POSTGRES_URL) to a PostgreSQL server, e.g. postgresql://postgres@127.0.0.1:5432/test")
-    return url
-
-
-@contextlib.contextmanager
-def fresh_database(server: str) -> Iterator[str]:
-    """Create a uniquely named database; drop it afterwards."""
-    name = f"relay_bench_{secrets.token_hex(4)}"
-    with psycopg.connect(server, autocommit=True) as conn:
-        conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
-    try:
-        yield urlunsplit(urlsplit(server)._replace(path=f"/{name}"))
-    finally:
-        with psycopg.connect(server, autocommit=True) as conn:
-            conn.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name)))
 
 
 @contextlib.asynccontextmanager
@@ -136,7 +109,7 @@ async def failovers(server: str, *, kills: int, ttl_s: float) -> dict[str, objec
     stop = asyncio.Event()
     times: dict[str, list[float]] = {}
     try:
-        with fresh_database(server) as url:
+        with temp_database(server, prefix="relay_bench") as url:
             env = bench_env(
                 tempfile.gettempdir(), standin.base_url, hook.url, {"RELAY_STATE_URL": url, "RELAY_LEASE_TTL": f"{ttl_s}s", "RELAY_LOG_LEVEL": "info"}
             )
@@ -172,7 +145,7 @@ async def drain_rate(server: str, hook_url: str, *, events: int, replicas: int) 
     standin = VoucherifyStandIn(app_id=APP_ID, app_token=APP_TOKEN)
     await standin.start()
     try:
-        with fresh_database(server) as url:
+        with temp_database(server, prefix="relay_bench") as url:
             env = bench_env(tempfile.gettempdir(), standin.base_url, hook_url, {"RELAY_STATE_URL": url, "RELAY_LOG_LEVEL": "info"})
             async with replica_set(env, replicas) as running:
                 await running.next_leader()
@@ -235,7 +208,7 @@ def parse_args() -> argparse.Namespace:
 def main() -> None:
     """Run the failover series and the throughput runs; print the section."""
     args = parse_args()
-    server = server_url()
+    server = bench_server_url()
     rates = asyncio.run(throughput(server, events=args.events))
     print(f"throughput: {rates}", flush=True)
     fail = asyncio.run(failovers(server, kills=args.kills, ttl_s=args.ttl))

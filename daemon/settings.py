@@ -204,11 +204,12 @@ class RelaySettings(BaseSettings):
             }
         )
 
-    def secret_values(self) -> list[str]:
-        """Return every secret string, for the log redactor."""
+    def secret_values(self, environ: Mapping[str, str] | None = None) -> list[str]:
+        """Return every secret string, for the log redactor (libpq's PGPASSWORD from ``environ``, by default the process's, as libpq reads it)."""
         values = [self.voucherify_app_token, self.webhook_secret, self.watch_token, *(p.app_token for p in self.projects.values())]
-        if self.state_kind == "postgres" and (password := postgres_password(self.state_url)):
-            values.append(SecretStr(password))
+        if self.state_kind == "postgres":
+            libpq = os.environ if environ is None else environ
+            values += [SecretStr(p) for p in (postgres_password(self.state_url), libpq.get("PGPASSWORD")) if p]
         for sink in self.all_sinks().values():
             values += [sink.secret, sink.token]
             # a sink URL is shown as display_url(); where that hides something, the hidden part may be a secret

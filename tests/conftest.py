@@ -5,18 +5,16 @@ from __future__ import annotations
 import asyncio
 import inspect
 import os
-import secrets
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING
-from urllib.parse import urlsplit, urlunsplit
 
 import psycopg
 import pytest
-from psycopg import sql
 
+from bench.pg_database import temp_database
 from daemon.app import Relay
 from daemon.bootstrap import build_relay
 from daemon.demo.receiver import RecordingReceiver
@@ -32,6 +30,7 @@ from tests.fakes.slack_web import BOT_TOKEN as FAKE_SLACK_BOT_TOKEN
 APP_TOKEN = "tok_live_s3cr3t_0123456789abcdef"
 WEBHOOK_SECRET = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw"
 WATCH_TOKEN = "watch-token-0123456789abcdef"
+PG_PASSWORD = "pg-s3cret-passw0rd-0123"  # what tests put in PGPASSWORD
 SLACK_URL = "https://hooks.slack.com/services/T000/B000/XXXXXXXXXXXXXXXXXXXXXXXX"  # a placeholder, not a real hook
 
 
@@ -141,14 +140,8 @@ def pg_database() -> Iterator[str]:
     server = pg_server_url()
     if server is None:
         pytest.skip(PG_SKIP)
-    name = f"relay_test_{secrets.token_hex(6)}"
-    with psycopg.connect(server, autocommit=True) as conn:
-        conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
-    try:
-        yield urlunsplit(urlsplit(server)._replace(path=f"/{name}"))
-    finally:
-        with psycopg.connect(server, autocommit=True) as conn:
-            conn.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name)))
+    with temp_database(server, prefix="relay_test") as url:
+        yield url
 
 
 @pytest.fixture
@@ -169,6 +162,7 @@ KNOWN_SECRETS = {
     "webhook secret key": WEBHOOK_SECRET.removeprefix("whsec_"),
     "Slack URL": SLACK_URL,
     "watch token": WATCH_TOKEN,
+    "PGPASSWORD": PG_PASSWORD,
     "Slack URL token": SLACK_URL.rsplit("/", 1)[-1],
     "FakeSlack hook token": FAKE_SLACK_HOOK_PATH.rsplit("/", 1)[-1],
     "FakeSlackWeb bot token": FAKE_SLACK_BOT_TOKEN,

@@ -10,6 +10,7 @@ naming the database by user, host, port and name, never by its password.
 
 from __future__ import annotations
 
+import os
 from collections.abc import AsyncIterator, Iterator
 from contextlib import asynccontextmanager, contextmanager
 from typing import Any
@@ -34,7 +35,8 @@ class PostgresDatabase:
     def __init__(self, url: str, *, min_size: int = 1, max_size: int = 4) -> None:
         self.url = url
         self.display = describe_postgres_url(url)
-        self._password = postgres_password(url)
+        # libpq also takes the password from PGPASSWORD in the process environment; hide that one too
+        self._passwords = [p for p in (postgres_password(url), os.environ.get("PGPASSWORD")) if p]
         self._pool: AsyncConnectionPool[Connection] = AsyncConnectionPool(
             url,
             kwargs=connection_options(url),
@@ -88,8 +90,10 @@ class PostgresDatabase:
             raise StoreError(f"state database {self.display}: cannot {doing} it: {self.scrub(_reason(exc))}") from None
 
     def scrub(self, text: str) -> str:
-        """Remove the password from ``text``, should a driver message ever echo it."""
-        return text.replace(self._password, "***") if self._password else text
+        """Remove the password (the URL's or PGPASSWORD's) from ``text``, should a server or driver message ever echo it."""
+        for password in self._passwords:
+            text = text.replace(password, "***")
+        return text
 
     async def close(self) -> None:
         """Close every pooled connection."""

@@ -54,6 +54,12 @@ class RelayProcess:
         await self.proc.wait()
         await self._reader
 
+    async def wait(self, timeout_s: float = 30) -> int:
+        """Wait for the daemon to exit by itself; return the exit status."""
+        code = await asyncio.wait_for(self.proc.wait(), timeout_s)
+        await self._reader
+        return code
+
     async def terminate(self, timeout_s: float = 15) -> int:
         """SIGTERM and wait; return the exit status."""
         self.proc.send_signal(signal.SIGTERM)

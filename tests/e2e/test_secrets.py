@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
-from tests.conftest import APP_TOKEN, WEBHOOK_SECRET, relay_env, until
+from tests.conftest import APP_TOKEN, PG_PASSWORD, WEBHOOK_SECRET, relay_env, until
 from tests.e2e.conftest import RelayProcess
+from tests.fakes.postgres_echo import echoing_postgres
 
 
 async def test_no_secret_in_any_log_line(standin, receiver, tmp_path):
@@ -28,3 +29,22 @@ async def test_no_secret_in_any_log_line(standin, receiver, tmp_path):
     for secret in (APP_TOKEN, WEBHOOK_SECRET, WEBHOOK_SECRET.removeprefix("whsec_"), "hook-query-s3cret-value"):
         assert secret not in logs
     assert "delivery.retry_scheduled" in logs
+
+
+async def test_pgpassword_is_never_shown_even_when_the_server_quotes_it(standin, receiver, tmp_path, run_cli):
+    """With PGPASSWORD set and a PostgreSQL server that quotes the received password in its refusal, `check` and `run` (debug logs) never show it."""
+    async with echoing_postgres() as (server, port):
+        env = relay_env(tmp_path, standin, receiver, state_url=f"postgresql://relay@127.0.0.1:{port}/relay", log_level="debug")
+        env["PGPASSWORD"] = PG_PASSWORD
+        code, out, err = await run_cli("check", env=env)
+        assert code == 1, out + err
+        assert "state: FAILED" in out
+        assert "password authentication failed" in out
+        relay = RelayProcess(env)
+        await relay.start()
+        status = await relay.wait()
+    shown = out + err + "".join(relay.output)
+    assert server.passwords.count(PG_PASSWORD) >= 2  # libpq sent it, and the server quoted it back, to both commands
+    assert status == 1
+    assert "password authentication failed" in "".join(relay.output)
+    assert PG_PASSWORD not in shown

@@ -327,6 +327,14 @@ def test_the_state_url_may_come_from_a_file(tmp_path):
     secret.write_text("postgresql://relay:pg-Passw0rd-9f3c@db/relay\n")
     settings = load_settings({**base_env(tmp_path), "RELAY_STATE_URL_FILE": str(secret)})
     assert settings.state_display() == "postgresql://relay@db/relay"
+    assert "pg-Passw0rd-9f3c" in settings.secret_values()
+
+
+@pytest.mark.parametrize(("state_url", "redacted"), [("postgresql://relay@db/relay", True), ("sqlite:///./state.db", False)])
+def test_pgpassword_is_redacted_when_the_state_is_on_postgres(state_url, redacted, tmp_path):
+    """The PGPASSWORD libpq will use joins the redactor's secrets when RELAY_STATE_URL is PostgreSQL."""
+    settings = load_settings({**base_env(tmp_path), "RELAY_STATE_URL": state_url})
+    assert ("pg-env-Passw0rd-77" in settings.secret_values({"PGPASSWORD": "pg-env-Passw0rd-77"})) is redacted
 
 
 @pytest.mark.parametrize(
