@@ -39,6 +39,7 @@ from daemon.project_runner import ProjectParts, ProjectRunner
 from daemon.readiness import liveness
 from daemon.settings import RelaySettings
 from daemon.sinks import LiveSink, Sink
+from daemon.spread import Spreader
 from daemon.store import Stores
 from daemon.store_health import OutboxFigures, StoreHealth
 from daemon.urls import parse_listen
@@ -65,6 +66,7 @@ class Parts:
     dispatcher: Dispatcher
     metrics: RelayMetrics
     live_sinks: tuple[LiveSink, ...] = ()  # sinks showing progress between events (Slack app)
+    spreader: Spreader | None = None  # several projects on PostgreSQL: their leases spread over the replicas
 
 
 class Relay:
@@ -138,6 +140,9 @@ class Relay:
             self._scheduler.start()
             for runner in self.projects.values():
                 runner.keeper.start()
+            if self._parts.spreader is not None:
+                keepers = {id(r.elector): r.keeper for r in self.projects.values()}
+                self._parts.spreader.start([r.elector for r in self.projects.values()], hand_over=lambda e: keepers[id(e)].hand_over())
             if self.stores.wake is not None:
                 self._wake_task = asyncio.create_task(self._follow_wakes(self.stores.wake), name="outbox-wake")
         except BaseException:
@@ -280,6 +285,8 @@ class Relay:
             for task in pending:
                 task.cancel()
         await asyncio.gather(*(runner.keeper.stop() for runner in self.projects.values()))
+        if self._parts.spreader is not None:
+            await self._parts.spreader.stop()
         cut = await sends
         if cut:
             log.warning("relay.shutdown_cut", sends=cut, grace_s=grace_s, hint="sends unanswered within the grace period stay due and are sent again")

@@ -7,6 +7,7 @@ or sinks as arguments instead of reaching into a running relay.
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from collections.abc import Callable, Mapping
 from contextlib import AsyncExitStack
@@ -18,7 +19,7 @@ import aiohttp
 from daemon.app import Parts, Relay
 from daemon.budget import WINDOW_S, RequestBudget
 from daemon.delivery_policy import DeliveryPolicy
-from daemon.elector import Elector
+from daemon.elector import Elector, Gate
 from daemon.leadership import timing_for
 from daemon.lease import POLL_LEASE, LeaseStore, SqliteLeaseStore
 from daemon.lock import InstanceLock
@@ -35,6 +36,7 @@ from daemon.sinks import Sink
 from daemon.sinks.slack import SlackSink
 from daemon.sinks.slack_app import SlackAppSink
 from daemon.sinks.webhook import WebhookSink
+from daemon.spread import Spreader
 from daemon.store import MessageRefs, Stores
 from daemon.store.sqlite import open_sqlite
 from daemon.voucherify import RetryPolicy, VoucherifyClient
@@ -98,13 +100,23 @@ def open_lease_store(settings: RelaySettings) -> tuple[LeaseStore, bool]:
     return SqliteLeaseStore(), False
 
 
-def build_elector(settings: RelaySettings, *, project: str = DEFAULT_PROJECT, store: LeaseStore | None = None) -> Elector:
-    """Create this replica's side of ``project``'s polling lease (on ``store``, or a lease store of its own)."""
+def build_elector(settings: RelaySettings, *, project: str = DEFAULT_PROJECT, store: LeaseStore | None = None, gate: Gate | None = None) -> Elector:
+    """Create this replica's side of ``project``'s polling lease (on ``store``, or a lease store of its own; ``gate``: the spreader)."""
     fencing = settings.state_kind == "postgres"
     if store is None:
         store, fencing = open_lease_store(settings)
     name = POLL_LEASE if project == DEFAULT_PROJECT else f"{POLL_LEASE}:{project}"
-    return Elector(store=store, holder=settings.replica_id, timing=timing_for(settings.lease_ttl.total_seconds()), fencing=fencing, name=name)
+    timing = timing_for(settings.lease_ttl.total_seconds())
+    return Elector(store=store, holder=settings.replica_id, timing=timing, fencing=fencing, name=name, gate=gate)
+
+
+def build_spreader(settings: RelaySettings, store: LeaseStore, *, metrics: RelayMetrics) -> Spreader | None:
+    """Return what spreads several projects' leases over the replicas of one PostgreSQL database (None: nothing to spread)."""
+    projects = len(settings.all_projects())
+    if settings.state_kind != "postgres" or projects < 2:  # noqa: PLR2004 - one lease has nothing to spread
+        return None
+    timing = timing_for(settings.lease_ttl.total_seconds())
+    return Spreader(store, holder=settings.replica_id, timing=timing, projects=projects, on_members=metrics.replicas.set)
 
 
 async def open_stores(settings: RelaySettings, *, mode: Literal["rwc", "rw", "ro"] = "rwc", listen: bool = False) -> Stores:
@@ -148,16 +160,19 @@ async def build_relay(
             undo.push_async_callback(session.close)
         lease_store = elector.store if elector is not None else open_lease_store(settings)[0]
         undo.push_async_callback(lease_store.close)
+        metrics = RelayMetrics(clock=clock)
+        spreader = build_spreader(settings, lease_store, metrics=metrics)
         projects: list[ProjectParts] = []
         for name, project in settings.all_projects().items():
             given = (client, elector) if not projects else (None, None)
-            projects.append(
-                await _build_project(
-                    settings.for_project(project), name, stores=stores, session=session, lease_store=lease_store, given=given, retry=retry, clock=clock
-                )
+            scoped = settings.for_project(project)
+            built = await _build_project(
+                scoped, name, stores=stores, session=session, lease_store=lease_store, gate=spreader, given=given, retry=retry, clock=clock
             )
+            projects.append(built)
         sinks = sinks or build_sinks(settings, session, messages=stores.messages, clock=clock)
-        parts = _assemble(settings, clock=clock, lock=lock, stores=stores, session=session, sinks=sinks, projects=projects, lease_store=lease_store)
+        parts = _assemble(settings, clock=clock, lock=lock, stores=stores, session=session, sinks=sinks, metrics=metrics)
+        parts = dataclasses.replace(parts, projects=tuple(projects), lease_store=lease_store, spreader=spreader)
         undo.pop_all()
     return Relay(parts, auth_backoff_s=auth_backoff_s)
 
@@ -169,6 +184,7 @@ async def _build_project(
     stores: Stores,
     session: aiohttp.ClientSession,
     lease_store: LeaseStore,
+    gate: Gate | None,
     given: tuple[VoucherifyClient | None, Elector | None],
     retry: RetryPolicy | None,
     clock: Callable[[], float],
@@ -177,7 +193,7 @@ async def _build_project(
     scoped = stores.for_project(name)
     client, elector = given
     if elector is None:
-        elector = build_elector(settings, project=name, store=lease_store)
+        elector = build_elector(settings, project=name, store=lease_store, gate=gate)
     if client is None:
         budget = RequestBudget(settings.api_budget_per_hour, history=await scoped.calls.since(clock() - WINDOW_S))
         blocked_until = float(await scoped.actions.load_meta(BLOCKED_UNTIL) or 0)
@@ -206,10 +222,9 @@ def _assemble(
     stores: Stores,
     session: aiohttp.ClientSession,
     sinks: Mapping[str, Sink],
-    projects: list[ProjectParts],
-    lease_store: LeaseStore,
+    metrics: RelayMetrics,
 ) -> Parts:
-    metrics = RelayMetrics(clock=clock)
+    """Build the shared parts (dispatcher, policy); the caller adds the projects, their lease store and the spreader."""
     policy = DeliveryPolicy(max_delay_s=settings.delivery_retry_max_delay, max_age_s=settings.delivery_max_age.total_seconds())
     dispatcher = Dispatcher(
         store=stores.outbox, sinks=sinks, policy=policy, clock=clock, on_result=metrics.delivery_result, on_store_failed=metrics.store_write_failed
@@ -221,8 +236,8 @@ def _assemble(
         stores=stores,
         session=session,
         sinks=sinks,
-        projects=tuple(projects),
-        lease_store=lease_store,
+        projects=(),
+        lease_store=SqliteLeaseStore(),
         dispatcher=dispatcher,
         metrics=metrics,
         live_sinks=tuple(s for s in sinks.values() if isinstance(s, SlackAppSink)),

@@ -11,11 +11,34 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import Callable
+from typing import Protocol
 
 from daemon.errors import LeaseLostError, StoreError
 from daemon.leadership import Change, LeaseTiming, Standing, attempt_timeout_s, expired, granted, next_attempt_in_s, refused
 from daemon.lease import POLL_LEASE, Lease, LeaseStore
 from daemon.store import Fence
+
+
+class Gate(Protocol):
+    """Whether this replica may try for one more lease now (project leases spread over replicas: :mod:`daemon.spread`)."""
+
+    def try_reserve(self) -> bool:
+        """Reserve a slot for one attempt to take a lease; False when this replica holds its share."""
+        ...
+
+    def settle(self) -> None:
+        """End the reservation (the attempt has answered: it took the lease or not)."""
+        ...
+
+
+class _Open:
+    """The gate of a replica that may take every lease (one project, or SQLite)."""
+
+    def try_reserve(self) -> bool:
+        return True
+
+    def settle(self) -> None:
+        return None
 
 
 class Elector:
@@ -30,8 +53,10 @@ class Elector:
         fencing: bool,
         name: str = POLL_LEASE,
         monotonic: Callable[[], float] = time.monotonic,
+        gate: Gate | None = None,
     ) -> None:
         self._store = store
+        self._gate = gate or _Open()
         self.holder = holder
         self.timing = timing
         self._fencing = fencing  # False on SQLite: the file lock already makes one process
@@ -52,13 +77,18 @@ class Elector:
         if lapsed is not None:
             return lapsed
         sent_at = self._monotonic()
+        reserved = self.standing.term is None and self._gate.try_reserve()
         try:
             timeout_s = attempt_timeout_s(self.standing, now=sent_at, timing=self.timing)
-            lease = await asyncio.wait_for(self._store.acquire_or_renew(name=self._name, holder=self.holder, ttl_s=self.timing.ttl_s), timeout=timeout_s)
+            ask = self._store.acquire_or_renew(name=self._name, holder=self.holder, ttl_s=self.timing.ttl_s, acquire=self.standing.term is not None or reserved)
+            lease = await asyncio.wait_for(ask, timeout=timeout_s)
         except (StoreError, TimeoutError) as exc:
             self.last_error = str(exc) or f"no answer within {timeout_s:.1f}s"
             self.standing, change = refused(self.standing, reason="error" if isinstance(exc, StoreError) else "timeout")
             return change
+        finally:
+            if reserved:
+                self._gate.settle()
         self.last_ok_at, self.last_error = self._monotonic(), None
         if lease is None:
             self.standing, change = refused(self.standing, reason="taken")

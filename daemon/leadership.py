@@ -88,3 +88,22 @@ def attempt_timeout_s(standing: Standing, *, now: float, timing: LeaseTiming) ->
 def next_attempt_in_s(standing: Standing, *, timing: LeaseTiming) -> float:
     """Return the pause before the next attempt: a holder renews, a follower retries sooner."""
     return timing.renew_every_s if standing.term is not None else timing.retry_every_s
+
+
+# --- spreading projects over replicas (issue 13) ------------------------------------------
+MEMBER_TTL_FRACTION = 0.8  # a replica's membership outlives a missed renewal but ends before its leases do
+
+
+def fair_share(projects: int, members: int) -> int:
+    """Return how many project leases one replica may hold: the projects spread evenly over the live replicas, rounded up."""
+    return max(1, -(-projects // max(1, members)))
+
+
+def may_take(held: int, share: int) -> bool:
+    """Whether a replica holding ``held`` leases may try for another one."""
+    return held < share
+
+
+def surplus(held: int, share: int) -> int:
+    """Return how many leases a replica should hand over (one at a time) because others joined."""
+    return max(0, held - share)

@@ -27,8 +27,16 @@ class Lease:
 class LeaseStore(Protocol):
     """Grants, renews and releases named leases."""
 
-    async def acquire_or_renew(self, *, name: str, holder: str, ttl_s: float) -> Lease | None:
-        """Grant ``name`` to ``holder`` for ``ttl_s`` if it holds it or the lease expired; None when another holds it."""
+    async def acquire_or_renew(self, *, name: str, holder: str, ttl_s: float, acquire: bool = True) -> Lease | None:
+        """Grant ``name`` to ``holder`` for ``ttl_s`` if it holds it, or (``acquire``) the lease expired; None otherwise."""
+        ...
+
+    async def heartbeat(self, *, holder: str, ttl_s: float) -> int:
+        """Renew ``holder``'s membership for ``ttl_s``; return how many replicas are live, ``holder`` included."""
+        ...
+
+    async def leave(self, *, holder: str) -> None:
+        """End ``holder``'s membership now."""
         ...
 
     async def release(self, lease: Lease) -> None:
@@ -43,9 +51,16 @@ class LeaseStore(Protocol):
 class SqliteLeaseStore:
     """Always grants term 1: the instance lock on the SQLite file already makes this the only process."""
 
-    async def acquire_or_renew(self, *, name: str, holder: str, ttl_s: float) -> Lease | None:
+    async def acquire_or_renew(self, *, name: str, holder: str, ttl_s: float, acquire: bool = True) -> Lease | None:  # noqa: ARG002 - nobody else asks
         """Grant the lease (nobody else can ask)."""
         return Lease(name=name, holder=holder, term=1, valid_for_s=ttl_s)
+
+    async def heartbeat(self, *, holder: str, ttl_s: float) -> int:  # noqa: ARG002
+        """One process: one member."""
+        return 1
+
+    async def leave(self, *, holder: str) -> None:
+        """Nothing to end."""
 
     async def release(self, lease: Lease) -> None:
         """Nothing to release: the file lock goes with the process."""

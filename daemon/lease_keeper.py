@@ -49,6 +49,18 @@ class LeaseKeeper:
             log.warning("lease.lost", replica=replica, term=change.term, reason=change.reason, caused_by=self._elector.last_error)
         self._metrics.set_leadership(leader=self._elector.standing.term is not None, term=change.term)
 
+    async def hand_over(self) -> None:
+        """Give the lease up now so a replica with fewer projects takes it (spreading; the attempts go on as a follower)."""
+        with structlog.contextvars.bound_contextvars(project=self._project):
+            try:
+                term = await self._elector.release()
+            except StoreError as exc:
+                log.warning("lease.release_failed", caused_by=str(exc), hint="another replica takes over when the lease expires")
+                return
+            self._metrics.set_leadership(leader=False, term=term)
+            if term is not None:
+                log.info("lease.handed_over", replica=self._elector.holder, term=term, reason="spreading projects over the replicas")
+
     async def stop(self) -> None:
         """Stop the attempts and hand the lease over now (a rolling update takes seconds, not a TTL)."""
         if self._task is not None:

@@ -120,6 +120,8 @@ class RelayMetrics:
         )
         self.leader = Gauge(f"{PREFIX}_leader", "1 on the replica that holds the project's polling lease, 0 elsewhere.", ["project"], registry=reg)
         self.lease_term = Gauge(f"{PREFIX}_lease_term", "The project's polling lease term this replica last held (0: never held).", ["project"], registry=reg)
+        self.replicas = Gauge(f"{PREFIX}_replicas", "Live replicas this one counts (membership heartbeats; 1 on SQLite).", registry=reg)
+        self.replicas.set(1)
         self._projects: dict[str, ProjectMetrics] = {}
 
     def project(self, name: str) -> ProjectMetrics:

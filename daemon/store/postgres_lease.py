@@ -22,17 +22,32 @@ STATEMENT_TIMEOUT_MS = 5000
 CONNECT_TIMEOUT_S = 5
 ERROR_CHARS = 200
 
+# With acquire false only a live lease of this holder is renewed: a replica at its fair share
+# neither takes a free lease nor creates a missing one (the EXISTS keeps the upsert's renewal).
 ACQUIRE = """
 INSERT INTO relay_lease AS lease (name, holder, term, expires_at, renewed_at)
-VALUES (%(name)s, %(holder)s, 1, now() + make_interval(secs => %(ttl_s)s), now())
+SELECT %(name)s, %(holder)s, 1, now() + make_interval(secs => %(ttl_s)s), now()
+WHERE %(acquire)s OR EXISTS (SELECT 1 FROM relay_lease WHERE name = %(name)s AND holder = %(holder)s)
 ON CONFLICT (name) DO UPDATE SET
     holder = excluded.holder,
     term = CASE WHEN lease.holder = excluded.holder AND lease.expires_at > now() THEN lease.term ELSE lease.term + 1 END,
     expires_at = excluded.expires_at,
     renewed_at = excluded.renewed_at
-WHERE lease.holder = excluded.holder OR lease.expires_at <= now()
+WHERE (lease.holder = excluded.holder AND lease.expires_at > now()) OR (%(acquire)s AND lease.expires_at <= now())
 RETURNING term, extract(epoch FROM expires_at - now())::float8
 """
+# A replica's membership row (name member:<replica id>): renewed with each heartbeat, it counts the
+# live replicas so project leases spread over them. The CTE's insert is not visible to the count.
+HEARTBEAT = """
+WITH beat AS (
+    INSERT INTO relay_lease AS lease (name, holder, term, expires_at, renewed_at)
+    VALUES ('member:' || %(holder)s, %(holder)s, 1, now() + make_interval(secs => %(ttl_s)s), now())
+    ON CONFLICT (name) DO UPDATE SET holder = excluded.holder, expires_at = excluded.expires_at, renewed_at = excluded.renewed_at
+    RETURNING 1
+)
+SELECT 1 + count(*) FROM relay_lease WHERE name LIKE 'member:%%' AND name <> 'member:' || %(holder)s AND expires_at > now()
+"""
+LEAVE = "UPDATE relay_lease SET expires_at = now() WHERE name = 'member:' || %(holder)s"
 
 RELEASE = "UPDATE relay_lease SET expires_at = now() WHERE name = %(name)s AND holder = %(holder)s AND term = %(term)s"
 
@@ -51,9 +66,9 @@ class PostgresLeaseStore:
     def __repr__(self) -> str:
         return "PostgresLeaseStore()"
 
-    async def acquire_or_renew(self, *, name: str, holder: str, ttl_s: float) -> Lease | None:
-        """Take or keep the lease; None when another replica holds it unexpired."""
-        row = await self._run(ACQUIRE, {"name": name, "holder": holder, "ttl_s": ttl_s}, what="renew the lease")
+    async def acquire_or_renew(self, *, name: str, holder: str, ttl_s: float, acquire: bool = True) -> Lease | None:
+        """Take (``acquire``) or keep the lease; None when another replica holds it unexpired, or it is free and ``acquire`` is False."""
+        row = await self._run(ACQUIRE, {"name": name, "holder": holder, "ttl_s": ttl_s, "acquire": acquire}, what="renew the lease")
         if row is None:
             return None
         return Lease(name=name, holder=holder, term=int(row[0]), valid_for_s=float(row[1]))
@@ -61,6 +76,15 @@ class PostgresLeaseStore:
     async def release(self, lease: Lease) -> None:
         """End the lease now (only if it is still this holder's term)."""
         await self._run(RELEASE, {"name": lease.name, "holder": lease.holder, "term": lease.term}, what="release the lease")
+
+    async def heartbeat(self, *, holder: str, ttl_s: float) -> int:
+        """Renew this replica's membership for ``ttl_s``; return how many replicas are live, this one included."""
+        row = await self._run(HEARTBEAT, {"holder": holder, "ttl_s": ttl_s}, what="renew the membership")
+        return int(row[0]) if row else 1
+
+    async def leave(self, *, holder: str) -> None:
+        """End this replica's membership now (a clean stop), so the others' shares grow at once."""
+        await self._run(LEAVE, {"holder": holder}, what="end the membership")
 
     async def close(self) -> None:
         """Close the connection."""

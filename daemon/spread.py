@@ -1,0 +1,94 @@
+"""Spread project leases over the replicas: each holds about its fair share (issue 13).
+
+Every replica renews a membership row (``member:<replica id>`` in the lease table) on the
+holder's cadence; the answer is how many replicas are live. A replica then takes free
+project leases only while it holds fewer than ``ceil(projects / replicas)`` (the
+:class:`~daemon.elector.Gate` its electors ask), and when replicas join it hands over its
+surplus one lease per heartbeat, so the others take them without a burst of hand-overs.
+A dead replica's membership ends before its leases do (:data:`MEMBER_TTL_FRACTION`), so
+the survivors' shares have grown by the time its projects come free: a failover moves
+only its projects, within the lease TTL. The policy itself is pure, in :mod:`daemon.leadership`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Awaitable, Callable, Sequence
+
+import structlog
+
+from daemon.elector import Elector
+from daemon.errors import StoreError
+from daemon.leadership import MEMBER_TTL_FRACTION, LeaseTiming, fair_share, may_take, surplus
+from daemon.lease import LeaseStore
+
+log = structlog.get_logger("daemon.spread")
+
+
+class Spreader:
+    """Counts the live replicas, gates lease attempts at the fair share, hands over the surplus."""
+
+    def __init__(self, store: LeaseStore, *, holder: str, timing: LeaseTiming, projects: int, on_members: Callable[[int], None] = lambda _: None) -> None:
+        self._store = store
+        self._holder = holder
+        self._timing = timing
+        self._projects = projects
+        self._on_members = on_members
+        self._electors: Sequence[Elector] = ()
+        self._reserved = 0
+        self.members = 1  # until the first heartbeat answers: this replica may take every lease (as a single replica would)
+        self._task: asyncio.Task[None] | None = None
+
+    @property
+    def share(self) -> int:
+        """How many project leases this replica may hold now."""
+        return fair_share(self._projects, self.members)
+
+    def held(self) -> int:
+        """How many project leases this replica holds now."""
+        return sum(1 for e in self._electors if e.standing.term is not None)
+
+    def try_reserve(self) -> bool:
+        """Reserve a slot for one attempt to take a lease, unless this replica holds (or is about to hold) its share."""
+        if not may_take(self.held() + self._reserved, self.share):
+            return False
+        self._reserved += 1
+        return True
+
+    def settle(self) -> None:
+        """End a reservation."""
+        self._reserved = max(0, self._reserved - 1)
+
+    def start(self, electors: Sequence[Elector], *, hand_over: Callable[[Elector], Awaitable[None]]) -> None:
+        """Start the heartbeat for these electors (the replica's projects)."""
+        self._electors = electors
+        self._task = asyncio.create_task(self._run(hand_over), name="spread")
+
+    async def _run(self, hand_over: Callable[[Elector], Awaitable[None]]) -> None:
+        while True:
+            await self.beat(hand_over)
+            await asyncio.sleep(self._timing.renew_every_s)
+
+    async def beat(self, hand_over: Callable[[Elector], Awaitable[None]]) -> None:
+        """Renew the membership, read how many replicas are live, and hand over one surplus lease if others joined."""
+        try:
+            members = await self._store.heartbeat(holder=self._holder, ttl_s=self._timing.ttl_s * MEMBER_TTL_FRACTION)
+        except StoreError as exc:
+            log.warning("spread.heartbeat_failed", caused_by=str(exc), hint="the lease attempts report the database; the share stays as it was")
+            return
+        if members != self.members:
+            log.info("spread.members_changed", replicas=members, share=fair_share(self._projects, members), projects=self._projects)
+            self.members = members
+            self._on_members(members)
+        if surplus(self.held(), self.share):
+            held = [e for e in self._electors if e.standing.term is not None]
+            await hand_over(held[-1])
+
+    async def stop(self) -> None:
+        """Stop the heartbeat and end the membership, so the others' shares grow at once."""
+        if self._task is not None:
+            self._task.cancel()
+        try:
+            await self._store.leave(holder=self._holder)
+        except StoreError as exc:
+            log.warning("spread.leave_failed", caused_by=str(exc), hint="the membership ends by itself within the lease TTL")

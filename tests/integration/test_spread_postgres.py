@@ -1,0 +1,73 @@
+"""Several projects on several replicas of one PostgreSQL database: the leases spread, a failover moves only the dead replica's."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from contextlib import AsyncExitStack
+
+import pytest
+
+from daemon.app import Relay
+from daemon.bootstrap import build_relay
+from daemon.settings import load_settings
+from tests.conftest import APP_TOKEN, FAST, relay_env, until
+
+pytestmark = pytest.mark.postgres
+PROJECTS = [f"p{n}" for n in range(6)]
+TTL_S = 2.0
+
+
+def held(relay: Relay) -> set[str]:
+    """Return the projects whose lease this relay holds."""
+    return {name for name, runner in relay.projects.items() if runner.elector.standing.term is not None}
+
+
+@pytest.fixture
+def settings_for(tmp_path, standin, receiver, pg_url):
+    """Build one replica's settings: six projects (all on the stand-in), the shared PostgreSQL state."""
+
+    def build(replica: str):
+        env = relay_env(tmp_path, standin, receiver, STATE_URL=pg_url, REPLICA_ID=replica, LEASE_TTL=f"{TTL_S}s")
+        del env["RELAY_VOUCHERIFY_APP_ID"], env["RELAY_VOUCHERIFY_APP_TOKEN"]
+        for name in PROJECTS:
+            prefix = f"RELAY_PROJECTS__{name.upper()}__"
+            env |= {f"{prefix}APP_ID": "app-123", f"{prefix}APP_TOKEN": APP_TOKEN, f"{prefix}API_URL": standin.base_url}
+        return load_settings(env)
+
+    return build
+
+
+@pytest.fixture
+async def stack() -> AsyncIterator[AsyncExitStack]:
+    """Stop every relay a test started."""
+    async with AsyncExitStack() as exits:
+        yield exits
+
+
+async def start(settings, stack: AsyncExitStack) -> Relay:
+    """Build and start one replica; stop it at the end of the test."""
+    relay = await build_relay(settings, retry=FAST)
+    await relay.start()
+    stack.push_async_callback(relay.stop, grace_s=1)
+    return relay
+
+
+def spread(relays: list[Relay]) -> list[int]:
+    """Return how many leases each relay holds."""
+    return [len(held(r)) for r in relays]
+
+
+async def test_projects_spread_over_replicas_and_a_failover_moves_only_the_dead_ones(settings_for, stack):
+    """Six projects on three replicas started in turn: two leases each, all held; when one stops, the others keep theirs and take its two."""
+    first = await start(settings_for("r0"), stack)
+    await until(lambda: spread([first]) == [6], timeout_s=10)
+    relays = [first, await start(settings_for("r1"), stack), await start(settings_for("r2"), stack)]
+    await until(lambda: sorted(spread(relays)) == [2, 2, 2], timeout_s=20)
+    assert set().union(*(held(r) for r in relays)) == set(PROJECTS)
+    assert [int(r.metrics.replicas._value.get()) for r in relays] == [3, 3, 3]
+    kept = {id(r): held(r) for r in relays[1:]}
+    await first.stop(grace_s=1)
+    await until(lambda: sorted(spread(relays[1:])) == [3, 3], timeout_s=3 * TTL_S)
+    for relay in relays[1:]:
+        assert kept[id(relay)] <= held(relay), "a survivor kept its own projects"
+    assert set().union(*(held(r) for r in relays[1:])) == set(PROJECTS)
