@@ -201,13 +201,13 @@ class PollLoop:
         """Hand the cycle's in-flight progress to the live sinks, on a task: best-effort, never delaying polls."""
         if not self._live_sinks or not report.in_flight_snapshots or (self._progress is not None and not self._progress.done()):
             return
-        self._progress = asyncio.ensure_future(_update_live(self._live_sinks, report.in_flight_snapshots))
+        self._progress = asyncio.ensure_future(_update_live(self._live_sinks, report.in_flight_snapshots, project=self._poller.project))
 
 
-async def _update_live(sinks: tuple[LiveSink, ...], snapshots: tuple[ActionSnapshot, ...]) -> None:
+async def _update_live(sinks: tuple[LiveSink, ...], snapshots: tuple[ActionSnapshot, ...], *, project: str) -> None:
     for sink in sinks:
         try:
-            await sink.update_progress(snapshots)
+            await sink.update_progress(snapshots, project=project)
         except Exception as exc:  # noqa: BLE001 - progress is best-effort; the final state goes through the outbox
             log.warning("progress.failed", sink=sink.name, caused_by=repr(exc))
 

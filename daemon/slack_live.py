@@ -52,14 +52,15 @@ class LiveState:
     started_at: str | None = None
 
 
-def state_from_snapshot(snapshot: ActionSnapshot, *, now: datetime) -> LiveState:
-    """Return the running state of an in-flight action as the list showed it."""
+def state_from_snapshot(snapshot: ActionSnapshot, *, now: datetime, project: str | None = None) -> LiveState:
+    """Return the running state of an in-flight action as the list showed it (``project``: shown when several are watched)."""
     return LiveState(
         action_id=snapshot.id,
         action_type=snapshot.type,
         outcome="running",
         progress=snapshot.progress,
         elapsed_s=_elapsed(snapshot.created_at, now),
+        project=project,
         started_at=snapshot.created_at,
     )
 

@@ -6,7 +6,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
-from daemon.model import ActionSnapshot, Delivery
+from daemon.model import DEFAULT_PROJECT, ActionSnapshot, Delivery
 from daemon.urls import redact_url, resolve_location
 
 # a receiver's answer is only read for the error message: an endless body must not grow memory
@@ -54,8 +54,8 @@ class LiveSink(Protocol):
 
     name: str
 
-    async def update_progress(self, snapshots: Sequence[ActionSnapshot]) -> int:
-        """Best-effort: show these in-flight actions' progress; return how many messages changed; never raise."""
+    async def update_progress(self, snapshots: Sequence[ActionSnapshot], *, project: str = DEFAULT_PROJECT) -> int:
+        """Best-effort: show these in-flight actions' progress (all of ``project``); return how many messages changed; never raise."""
         ...
 
 

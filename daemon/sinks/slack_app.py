@@ -23,13 +23,13 @@ import structlog
 from slack_sdk.errors import SlackApiError, SlackClientError
 from slack_sdk.web.async_client import AsyncWebClient
 
-from daemon.model import ActionSnapshot, Delivery, EventType
+from daemon.model import DEFAULT_PROJECT, ActionSnapshot, Delivery, EventType
 from daemon.sink_settings import SinkSettings
 from daemon.sinks import SendResult
 from daemon.sinks.slack_api import MESSAGE_GONE, RATE_LIMITED, TokenBucket, classify_error
 from daemon.slack_blocks import render_message
 from daemon.slack_live import render_failure_thread, render_live_message, state_from_event, state_from_snapshot
-from daemon.store import MessageRef, MessageRefs
+from daemon.store import MessageRef, MessageRefs, message_key
 
 log = structlog.get_logger("daemon.sinks.slack_app")
 UPDATES_PER_MINUTE = 50.0  # Slack's tier 3 (chat.update), per workspace: this sink keeps under it alone
@@ -90,9 +90,10 @@ class SlackAppSink:
                 return result
             if self._refs is None:
                 return SendResult(delivered=False, status=None, detail="no message store (send-test sends test events only)", permanent=True)
+            key = message_key(str(envelope.get("data", {}).get("project") or DEFAULT_PROJECT), delivery.action_id)
             if delivery.event_type == EventType.STARTED:
-                return await self._start(delivery.action_id, envelope, self._refs)
-            return await self._finish(delivery.action_id, envelope, self._refs)
+                return await self._start(key, envelope, self._refs)
+            return await self._finish(key, envelope, self._refs)
 
     async def _start(self, action_id: str, envelope: dict[str, Any], refs: MessageRefs) -> SendResult:
         if await refs.get(self.name, action_id) is not None:  # posted already (a resend, or its end came first)
@@ -132,31 +133,32 @@ class SlackAppSink:
         result, answer = await self._post(message)
         return result, None if answer is None else MessageRef(channel=answer["channel"], ts=answer["ts"], stage="final")
 
-    async def update_progress(self, snapshots: Sequence[ActionSnapshot]) -> int:
-        """Best-effort: show new progress on live messages (coalesced, rate-limited); return how many were updated."""
+    async def update_progress(self, snapshots: Sequence[ActionSnapshot], *, project: str = DEFAULT_PROJECT) -> int:
+        """Best-effort: show new progress on live messages of ``project``'s actions (coalesced, rate-limited); return how many were updated."""
         if self._refs is None:
             return 0
         updated = 0
         for snapshot in snapshots:
-            if self._due(snapshot) and await self._push(snapshot, self._refs):
+            if self._due(message_key(project, snapshot.id), snapshot) and await self._push(snapshot, self._refs, project=project):
                 updated += 1
         return updated
 
-    def _due(self, snapshot: ActionSnapshot) -> bool:
-        shown = self._pushed.get(snapshot.id)
+    def _due(self, key: str, snapshot: ActionSnapshot) -> bool:
+        shown = self._pushed.get(key)
         now = time.monotonic()
         if shown is not None and (shown[0] == snapshot.progress or now - shown[1] < self._update_interval_s):
             return False
         return now >= self._paused_until
 
-    async def _push(self, snapshot: ActionSnapshot, refs: MessageRefs) -> bool:
+    async def _push(self, snapshot: ActionSnapshot, refs: MessageRefs, *, project: str) -> bool:
+        key = message_key(project, snapshot.id)
         async with self._lock:
-            ref = await refs.get(self.name, snapshot.id)
+            ref = await refs.get(self.name, key)
             if ref is None or ref.stage != "live" or not self._bucket.take(time.monotonic()):
                 return False
-            message = render_live_message(state_from_snapshot(snapshot, now=self._now()))
-            result, answer = await self._call("chat_update", channel=ref.channel, ts=ref.ts, **message)
-            self._pushed[snapshot.id] = (snapshot.progress if answer is not None else None, time.monotonic())
+            state = state_from_snapshot(snapshot, now=self._now(), project=project if self._show_project else None)
+            result, answer = await self._call("chat_update", channel=ref.channel, ts=ref.ts, **render_live_message(state))
+            self._pushed[key] = (snapshot.progress if answer is not None else None, time.monotonic())
             if answer is None:
                 log.warning("slack_app.progress_dropped", sink=self.name, action_id=snapshot.id, caused_by=result.detail)
             return answer is not None

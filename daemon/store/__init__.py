@@ -27,6 +27,11 @@ def meta_key(project: str, key: str) -> str:
     return key if project == DEFAULT_PROJECT else f"{project}/{key}"
 
 
+def message_key(project: str, action_id: str) -> str:
+    """Return the key a sink keeps an action's Slack message under: the action id, prefixed with a named project's name."""
+    return action_id if project == DEFAULT_PROJECT else f"{project}/{action_id}"
+
+
 @dataclass(frozen=True, slots=True)
 class Fence:
     """The polling lease a cycle is committed under: the commit checks it still holds, in the same transaction."""

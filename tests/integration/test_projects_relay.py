@@ -19,6 +19,7 @@ from daemon.demo.receiver import RecordingReceiver
 from daemon.demo.standin import VoucherifyStandIn
 from daemon.settings import RelaySettings, load_settings
 from tests.conftest import WATCH_TOKEN, WEBHOOK_SECRET, running, until
+from tests.fakes.slack_web import BOT_TOKEN, CHANNEL, FakeSlackWeb
 
 PROJECTS = ("eu", "us")
 
@@ -160,3 +161,39 @@ async def test_watch_names_the_project_when_there_are_several(tmp_path, apis, re
     assert "name the project" in answers[0][1]
     assert answers[1] == (400, "no project 'mars' is configured (configured: eu, us)")
     assert answers[2] == (202, "aa_1")
+
+
+async def test_one_action_id_in_two_projects_is_two_live_slack_messages_each_naming_its_project(tmp_path, apis, receiver):
+    """The Slack app sink keeps one message per (project, action): the same id in two projects posts two, and progress updates keep the project."""
+    slack = FakeSlackWeb(rates_per_s={"chat.update": 20})
+    await slack.start()
+    try:
+        sink = {"KIND": "slack_app", "TOKEN": BOT_TOKEN, "CHANNEL": CHANNEL, "API_URL": slack.url, "UPDATE_INTERVAL_S": "0.2", "MIN_INTERVAL_S": "0"}
+        settings = project_settings(tmp_path, apis, receiver, **{f"SINKS__LIVE__{k}": v for k, v in sink.items()})
+        same_id = "aa_0000000000000000shared"
+        async with running(settings) as relay:
+            await baselines(relay)
+            for api in apis.values():
+                api.add_action("VOUCHERS.IMPORT_CSV", id=same_id, status="IN_PROGRESS", progress=5)
+            await until(lambda: slack.count("chat.postMessage") == 2)
+            for progress in (30, 60):
+                for api in apis.values():
+                    api.update_action(same_id, progress=progress)
+                await asyncio.sleep(0.5)
+            for api in apis.values():
+                api.complete_action(same_id, example="VOUCHERS.IMPORT_CSV")
+            await until(lambda: sum(1 for m in slack.top_level() if "100%" in str(m.blocks)) == 2)
+        messages = slack.top_level()
+        assert len(messages) == 2
+        assert sorted(_project_field(m.blocks).rsplit(None, 1)[-1] for m in messages) == ["eu", "us"]
+        for message in messages:
+            assert all(_project_field(b) for b in message.history), "every version of the message, progress updates included, names its project"
+            assert message.updates >= 2
+    finally:
+        await slack.close()
+
+
+def _project_field(blocks) -> str:
+    """Return the Project field a message shows ('' when none)."""
+    fields = [f["text"] for b in blocks for f in b.get("fields", []) if "Project" in f["text"]]
+    return fields[0] if fields else ""
