@@ -35,8 +35,8 @@ from daemon.outbox import Dispatcher
 from daemon.pacing import AUTH_BACKOFF_S, Pacing
 from daemon.poll_loop import PollLoop
 from daemon.poller import PollReport
-from daemon.project_runner import ProjectParts, ProjectRunner
-from daemon.readiness import liveness
+from daemon.project_runner import ProjectParts, ProjectRunner, log_project_started, pick_project
+from daemon.readiness import all_ready, liveness
 from daemon.settings import RelaySettings
 from daemon.sinks import LiveSink, Sink
 from daemon.spread import Spreader
@@ -187,13 +187,7 @@ class Relay:
         A follower polls nothing: it is ready while its lease attempts reach the database.
         With several projects, the detail names each project that is not ready.
         """
-        verdicts = {name: runner.ready(stopping=self._stopping) for name, runner in self.projects.items()}
-        if len(verdicts) == 1:
-            return next(iter(verdicts.values()))
-        failing = [f"{name}: {detail}" for name, (ok, detail) in verdicts.items() if not ok]
-        if failing:
-            return False, "; ".join(failing)
-        return True, f"{len(verdicts)} projects ready"
+        return all_ready({name: runner.ready(stopping=self._stopping) for name, runner in self.projects.items()})
 
     def _guard(self, job: Callable[[], Coroutine[Any, Any, None]], *, name: str | None = None) -> Callable[[], Coroutine[Any, Any, None]]:
         """Track the running job so shutdown can wait for it."""
@@ -234,11 +228,9 @@ class Relay:
 
         Return why not (an unknown project, or none named while several are configured), or None.
         """
-        if project is None and len(self.projects) > 1:
-            return f'name the project: {{"action_id": "...", "project": "{next(iter(self.projects))}"}} (configured: {", ".join(self.projects)})'
-        runner = next(iter(self.projects.values())) if project is None else self.projects.get(project)
+        runner, refused = pick_project(self.projects, project)
         if runner is None:
-            return f"no project {str(project)[:40]!r} is configured (configured: {', '.join(self.projects)})"
+            return refused
         with structlog.contextvars.bound_contextvars(project=runner.name):
             self._schedule(runner.job_id, runner.loop.watch(action_id), only_sooner=True)
         return None
@@ -324,14 +316,4 @@ async def _log_started(parts: Parts) -> None:
         sinks={name: sink.describe() for name, sink in parts.sinks.items()},
     )
     for project in parts.projects:
-        p = project.settings
-        log.info(
-            "project.started",
-            project=project.name,
-            api_url=p.voucherify_api_url,
-            poll_interval_s=p.poll_interval,
-            idle_poll_interval_s=p.idle_poll_interval,
-            api_budget_per_hour=p.api_budget_per_hour,
-            first_run=(await project.stores.actions.load_cursor()).first_run,
-            backfill_s=p.backfill.total_seconds() if p.backfill else None,
-        )
+        await log_project_started(project)

@@ -10,7 +10,7 @@ logs carries ``project``; its metrics carry the ``project`` label.
 from __future__ import annotations
 
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 
 import structlog
@@ -27,6 +27,8 @@ from daemon.sinks import LiveSink
 from daemon.store import OutboxStats, Stores
 from daemon.store_health import StoreHealth
 from daemon.voucherify import VoucherifyClient
+
+log = structlog.get_logger("daemon.app")
 
 
 @dataclass(frozen=True, slots=True)
@@ -105,3 +107,27 @@ class ProjectRunner:
             stopping=stopping,
             store_problem=self._store_health.problem(),
         )
+
+
+def pick_project(runners: Mapping[str, ProjectRunner], project: str | None) -> tuple[ProjectRunner | None, str]:
+    """Return the runner ``POST /watch`` means (the only one when no project is named), or None and why not."""
+    configured = ", ".join(runners)
+    if project is None and len(runners) > 1:
+        return None, f'name the project: {{"action_id": "...", "project": "{next(iter(runners))}"}} (configured: {configured})'
+    runner = next(iter(runners.values())) if project is None else runners.get(project)
+    return runner, "" if runner is not None else f"no project {str(project)[:40]!r} is configured (configured: {configured})"
+
+
+async def log_project_started(project: ProjectParts) -> None:
+    """Log what one project polls and how (``project.started``)."""
+    p = project.settings
+    log.info(
+        "project.started",
+        project=project.name,
+        api_url=p.voucherify_api_url,
+        poll_interval_s=p.poll_interval,
+        idle_poll_interval_s=p.idle_poll_interval,
+        api_budget_per_hour=p.api_budget_per_hour,
+        first_run=(await project.stores.actions.load_cursor()).first_run,
+        backfill_s=p.backfill.total_seconds() if p.backfill else None,
+    )

@@ -6,6 +6,8 @@ it is stopping, a store problem) and gets a verdict with a short reason.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+
 STALE_AFTER_POLLS = 3
 MIN_STALE_AFTER_S = 120.0  # one request may retry for 60 s (RetryPolicy.max_total_s): one slow cycle is not an outage
 MAX_TICK_SILENCE_S = 30.0
@@ -79,3 +81,13 @@ def liveness(
     if poll_started_at is not None and now - poll_started_at > max_poll_s:
         return False, f"a poll cycle has been running for {now - poll_started_at:.0f}s"
     return True, "scheduler running"
+
+
+def all_ready(verdicts: Mapping[str, tuple[bool, str]]) -> tuple[bool, str]:
+    """Return the relay's readiness from each project's: ready when all are; the detail names each project that is not."""
+    if len(verdicts) == 1:
+        return next(iter(verdicts.values()))
+    failing = [f"{name}: {detail}" for name, (ok, detail) in verdicts.items() if not ok]
+    if failing:
+        return False, "; ".join(failing)
+    return True, f"{len(verdicts)} projects ready"

@@ -105,3 +105,15 @@ def test_parse_listen_rejects_with_a_clear_message(value, hint):
         parse_listen(value)
     assert hint in str(caught.value)
     assert repr(value) in str(caught.value)
+
+
+def test_several_projects_are_ready_only_together_and_the_detail_names_the_failing_ones():
+    """One project's verdict is the relay's; with several, every one must be ready, and the detail names each that is not."""
+    from daemon.readiness import all_ready  # noqa: PLC0415 - beside the other rules' imports would reorder the file
+
+    assert all_ready({"default": (False, "no poll yet")}) == (False, "no poll yet")
+    assert all_ready({"eu": (True, "ok"), "us": (True, "ok")}) == (True, "2 projects ready")
+    assert all_ready({"eu": (True, "ok"), "us": (False, "credentials refused"), "as": (False, "no poll yet")}) == (
+        False,
+        "us: credentials refused; as: no poll yet",
+    )
