@@ -35,7 +35,7 @@ import aiohttp
 from bench.common import APP_ID, APP_TOKEN, Section, base_parser, env_int, finish, fmt, markdown_table, mean, percentile, quiet_logs
 from daemon.cadence import HOURS_PER_MONTH, Cadence
 from daemon.demo.standin import VoucherifyStandIn
-from daemon.model import TERMINAL_STATUSES, Event
+from daemon.model import TERMINAL_STATUSES, Event, EventType
 from daemon.monthly import Cycle, idle_interval_s
 from daemon.pacing import Pacing, succeeded
 from daemon.poll_loop import cycle_facts
@@ -48,6 +48,7 @@ DAY_S = 86400.0
 NAIVE_INTERVAL_S = 30.0
 HISTORY_ACTIONS = 300
 TYPES = ("CUSTOMERS.IMPORT_CSV", "VOUCHERS.IMPORT_CSV", "PRODUCTS.IMPORT_CSV", "VOUCHERS.BULK_UPDATE", "SKUS.IMPORT_CSV")
+FINISHED_EVENTS = (EventType.COMPLETED, EventType.FAILED)
 MONTH_FACTOR = HOURS_PER_MONTH / 24.0  # days in an average month, as daemon.cadence counts them
 
 
@@ -192,7 +193,8 @@ async def simulate_relay(
     detected: dict[str, float] = {}
 
     def route(event: Event) -> list[str]:
-        detected.setdefault(str(event.data.get("id")), clock.t)
+        if event.type in FINISHED_EVENTS:  # a started event is not the news being timed
+            detected.setdefault(str(event.data.get("id")), clock.t)
         return ["webhook"]
 
     cycle = Cycle(start=T0, end=T0 + MONTH_FACTOR * DAY_S)  # the simulated days open a billing cycle

@@ -12,6 +12,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 
+from daemon.arrivals import History, Seen, idle_interval_s, learn, typical_duration_s
 from daemon.cadence import Cadence, Decision, is_busy, last_activity, next_poll
 from daemon.progress import Observed, Track, observe, wait_s
 
@@ -29,6 +30,7 @@ class Pacing:
     last_activity_at: float = 0.0
     last_poll_at: float = 0.0
     tracks: Mapping[str, Track] = field(default_factory=dict)  # progress pacing: the in-flight actions' progress
+    history: History = field(default_factory=History)  # progress pacing: arrivals and durations seen
 
     def may_poll(self, now: float) -> bool:
         """Whether a poll may start now (no back-off or Retry-After pending)."""
@@ -47,6 +49,7 @@ class CycleFacts:
     observed: tuple[Observed, ...] = ()  # the in-flight actions as the list showed them
     backlog_owed: bool = False  # a capped cycle left list pages to read
     idle_s: float | None = None  # the idle interval a monthly budget chose for now
+    seen: Seen = field(default_factory=Seen)  # new actions' creation and finished actions' durations, this cycle
 
 
 def started(pacing: Pacing, *, now: float) -> Pacing:
@@ -56,9 +59,9 @@ def started(pacing: Pacing, *, now: float) -> Pacing:
 
 def succeeded(pacing: Pacing, facts: CycleFacts, *, cadence: Cadence, now: float) -> tuple[Pacing, Decision]:
     """Return the state after a successful cycle and the wait before the next one."""
-    cadence = cadence.with_idle(facts.idle_s)
     if cadence.pacing == "progress":
         return _progress_paced(pacing, facts, cadence=cadence, now=now)
+    cadence = cadence.with_idle(facts.idle_s)
     active_at = last_activity(pacing.last_activity_at, now=now, in_flight=facts.in_flight, transitions=facts.transitions, first_run=facts.first_run)
     busy = is_busy(cadence, now=now, last_activity_at=active_at)
     decision = next_poll(cadence, busy=busy, remaining=facts.remaining, limit=facts.limit)
@@ -66,12 +69,19 @@ def succeeded(pacing: Pacing, facts: CycleFacts, *, cadence: Cadence, now: float
 
 
 def _progress_paced(pacing: Pacing, facts: CycleFacts, *, cadence: Cadence, now: float) -> tuple[Pacing, Decision]:
-    """Poll near the earliest estimated finish; only a wake-up or an owed list backlog brings the plain fast pace."""
+    """Poll just after the earliest estimated finish, idle as the arrival rate asks (never under a monthly budget's interval).
+
+    Only a wake-up or an owed list backlog brings the plain fast pace.
+    """
+    history = learn(pacing.history, facts.seen, now=now)
+    idle = idle_interval_s(history, now=now, idle_s=cadence.idle_s, fast_s=cadence.fast_s)
+    cadence = cadence.with_idle(max(idle, facts.idle_s or 0.0))
     tracks = observe(pacing.tracks, facts.observed, now=now)
     busy = facts.backlog_owed or is_busy(cadence, now=now, last_activity_at=pacing.last_activity_at)
-    wanted = wait_s(tracks, now=now, fast_s=cadence.fast_s, idle_s=cadence.idle_s, new_s=cadence.cooldown_s)
+    new_s = max(cadence.cooldown_s, typical_duration_s(history) or 0.0)
+    wanted = wait_s(tracks, now=now, fast_s=cadence.fast_s, idle_s=cadence.idle_s, new_s=new_s)
     decision = next_poll(cadence, busy=busy, remaining=facts.remaining, limit=facts.limit, wanted_s=wanted)
-    return replace(pacing, interval_s=decision.interval_s, reason=decision.reason, auth_failures=0, tracks=tracks), decision
+    return replace(pacing, interval_s=decision.interval_s, reason=decision.reason, auth_failures=0, tracks=tracks, history=history), decision
 
 
 def auth_refused(pacing: Pacing, *, now: float, backoff_s: tuple[float, float] = AUTH_BACKOFF_S) -> Pacing:

@@ -58,6 +58,7 @@ def cycle_facts(report: PollReport, client: VoucherifyClient, *, idle_s: float |
         observed=report.observed,
         backlog_owed=report.backlog_window_s is not None,
         idle_s=idle_s,
+        seen=report.seen,
     )
 
 

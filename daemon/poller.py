@@ -9,12 +9,13 @@ from __future__ import annotations
 import math
 import time
 from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import structlog
 
+from daemon.arrivals import Seen, seen_from
 from daemon.detail_failures import DetailFailures
 from daemon.detect import Change, diff, find_stuck, snapshot_from
 from daemon.errors import AuthError, BudgetExhaustedError, LeaseLostError, NotFoundError, RateLimitedError, VoucherifyError
@@ -50,6 +51,7 @@ class PollReport:
     backlog_window_s: float | None = None  # created_at seconds still owed after this cycle; None when caught up
     backlog_pages_owed: int | None = None  # estimate: the owed window at the density of the last full page
     in_flight_snapshots: tuple[ActionSnapshot, ...] = ()  # the in-flight actions as this cycle saw them (pacing, live messages)
+    seen: Seen = field(default_factory=Seen)  # new actions' creation and finished actions' durations (progress pacing learns from them)
 
     @property
     def observed(self) -> tuple[Observed, ...]:
@@ -122,7 +124,9 @@ class Poller:
         )
         await self._store.commit_cycle(result, now=self._clock(), fence=fence)
         made = tuple(event for event, _ in result.events)
-        return self._report(window, cursor, current=[*listed, *owed, *rechecked], events=made, kept=len(kept), calls_before=calls_before)
+        report = self._report(window, cursor, current=[*listed, *owed, *rechecked], events=made, kept=len(kept), calls_before=calls_before)
+        new, finished = [c.snapshot for c in kept if c.previous is None], [c.snapshot for c in kept if c.snapshot.terminal]
+        return replace(report, seen=Seen() if cursor.first_run else seen_from(new=new, finished=finished))
 
     def _plan(self, cursor: Cursor, *, now: datetime) -> ListPlan:
         newest_seen = min(parse_timestamp(cursor.newest_created_at) or now, now)  # an entry dated in the future must not hide later ones

@@ -7,9 +7,10 @@ Every poll the list shows each in-flight action's ``progress`` (0-100) and its o
 progress and the ``updated_at`` it was reached at). A linear rate between them gives an
 estimated finish; no movement, or no usable timestamps, gives none.
 
-``wait_s`` turns the tracks into the wait before the next poll: close to the earliest
+``wait_s`` turns the tracks into the wait before the next poll: just after the earliest
 estimated finish, the fast pace for an action that has no estimate yet and is younger
-than ``new_s``, and for older ones without an estimate (types that jump from 0 to
+than ``new_s`` (a minute, or the duration most finished actions stayed under, see
+:mod:`daemon.arrivals`), and for older ones without an estimate (types that jump from 0 to
 100) a geometric back-off: half the action's age, so the polls fall at ages t, 1.5 t,
 2.25 t...; always within [fast, idle].
 
@@ -25,6 +26,7 @@ from dataclasses import dataclass, replace
 from daemon.model import ActionSnapshot, parse_timestamp
 
 BACKOFF_SHARE = 0.5  # an action without an estimate is polled again after half its age
+FINISH_MARGIN_SHARE = 1 / 6  # aim a sixth of a fast interval after the estimate (5 s at 30 s): a poll just before the finish costs a fast interval more
 DONE = 100.0
 
 
@@ -87,10 +89,10 @@ def _advance(track: Track | None, seen: Observed, *, now: float) -> Track:
 
 
 def action_wait_s(track: Track, *, now: float, fast_s: float, idle_s: float, new_s: float) -> float:
-    """Return how long this action lets the relay wait, within [fast_s, idle_s]."""
+    """Return how long this action lets the relay wait, within [fast_s, idle_s] (``new_s``: fast while younger)."""
     finish = track.finish_at()
     if finish is not None:
-        wait = finish - now
+        wait = finish - now + fast_s * FINISH_MARGIN_SHARE
     elif now - track.first_seen_at < new_s:
         wait = fast_s
     else:

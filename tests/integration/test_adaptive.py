@@ -56,3 +56,18 @@ async def test_progress_pacing_polls_near_the_estimated_finish(standin, receiver
         detected_s = time.monotonic() - finished
     assert polls_while_running <= 3, f"{polls_while_running} polls in 1.9 s; the fast pace would make about 38"
     assert detected_s < 0.6, "polled again close to the estimated finish"
+
+
+async def test_progress_pacing_learns_arrivals_and_durations_from_the_list(standin, receiver, make_settings):
+    """The relay remembers each new action's created_at and, once it finishes, its updated_at - created_at; the baseline teaches neither."""
+    standin.add_action(status="DONE", progress=100)  # history: seen by the baseline
+    async with running(make_settings(poll_interval="0.05", idle_poll_interval="0.2", pacing="progress")) as relay:
+        await baseline(relay)
+        assert relay.pacing.history.created == ()
+        action_id = standin.add_action(status="IN_PROGRESS", progress=0)
+        await until(lambda: len(relay.pacing.history.created) == 1, timeout_s=3)
+        await asyncio.sleep(0.3)
+        standin.complete_action(action_id, example="SKUS.IMPORT_CSV")
+        await until(lambda: len(receiver.delivered) == 1, timeout_s=3)
+        await until(lambda: len(relay.pacing.history.durations_s) == 1, timeout_s=3)
+    assert relay.pacing.history.durations_s[0] >= 0.3

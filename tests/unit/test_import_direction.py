@@ -9,7 +9,21 @@ from pathlib import Path
 import pytest
 
 PACKAGE = Path(__file__).parents[2] / "daemon"
-PURE = ["model", "detect", "normalize", "cadence", "progress", "monthly", "pacing", "eventsize", "slack_blocks", "readiness", "urls", "delivery_policy"]
+PURE = [
+    "model",
+    "detect",
+    "normalize",
+    "cadence",
+    "progress",
+    "arrivals",
+    "monthly",
+    "pacing",
+    "eventsize",
+    "slack_blocks",
+    "readiness",
+    "urls",
+    "delivery_policy",
+]
 IO_LIBRARIES = {"aiohttp", "asyncio", "sqlite3", "structlog", "apscheduler", "socket"}
 
 

@@ -54,7 +54,7 @@ def test_finish_estimate(listings, finish):
 @pytest.mark.parametrize(
     ("listings", "now", "wait"),
     [
-        ([(T, seen(25))], T, 180),  # estimate 3 minutes away
+        ([(T, seen(25))], T, 185),  # estimate 3 minutes away: aimed 5 s after it
         ([(T, seen(90))], T, 30),  # estimate 6.7 s away: never under the fast pace
         ([(T, seen(1, created=T - 600))], T, 300),  # hours away: the idle pace at most
         ([(T, seen(50))], T + 200, 30),  # overdue: the fast pace
@@ -75,7 +75,7 @@ def test_the_earliest_action_wins_and_finished_ones_are_forgotten():
     slow = Observed(id="slow", progress=10, created_at=T - 60, updated_at=T)
     quick = Observed(id="quick", progress=80, created_at=T - 400, updated_at=T)
     tracks = observe({}, [slow, quick], now=T)
-    assert wait_s(tracks, now=T, fast_s=30, idle_s=300, new_s=60) == pytest.approx(100)
+    assert wait_s(tracks, now=T, fast_s=30, idle_s=300, new_s=60) == pytest.approx(105)
     assert set(observe(tracks, [slow], now=T + 100)) == {"slow"}
     assert wait_s({}, now=T, fast_s=30, idle_s=300, new_s=60) is None
 
@@ -83,7 +83,7 @@ def test_the_earliest_action_wins_and_finished_ones_are_forgotten():
 @pytest.mark.parametrize(
     ("pacing", "facts", "expected"),
     [
-        ("progress", CycleFacts(in_flight=1, transitions=0, first_run=False, observed=(seen(25),)), (180, "progress")),
+        ("progress", CycleFacts(in_flight=1, transitions=0, first_run=False, observed=(seen(25),)), (185, "progress")),
         ("progress", CycleFacts(in_flight=1, transitions=0, first_run=False, observed=(seen(90),)), (30, "busy")),
         ("progress", CycleFacts(in_flight=0, transitions=1, first_run=False), (300, "idle")),
         ("progress", CycleFacts(in_flight=1, transitions=0, first_run=False, observed=(seen(25),), remaining=1, limit=100), (300, "rate_limit")),
