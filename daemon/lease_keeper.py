@@ -51,6 +51,15 @@ class LeaseKeeper:
 
     async def hand_over(self) -> None:
         """Give the lease up now so a replica with fewer projects takes it (spreading; the attempts go on as a follower)."""
+        await self._release("lease.handed_over", reason="spreading projects over the replicas")
+
+    async def stop(self) -> None:
+        """Stop the attempts and hand the lease over now (a rolling update takes seconds, not a TTL)."""
+        if self._task is not None:
+            self._task.cancel()
+        await self._release("lease.released")
+
+    async def _release(self, event: str, **fields: str) -> None:
         with structlog.contextvars.bound_contextvars(project=self._project):
             try:
                 term = await self._elector.release()
@@ -59,21 +68,4 @@ class LeaseKeeper:
                 return
             self._metrics.set_leadership(leader=False, term=term)
             if term is not None:
-                log.info("lease.handed_over", replica=self._elector.holder, term=term, reason="spreading projects over the replicas")
-
-    async def stop(self) -> None:
-        """Stop the attempts and hand the lease over now (a rolling update takes seconds, not a TTL)."""
-        if self._task is not None:
-            self._task.cancel()
-        with structlog.contextvars.bound_contextvars(project=self._project):
-            await self._release()
-
-    async def _release(self) -> None:
-        try:
-            term = await self._elector.release()
-        except StoreError as exc:
-            log.warning("lease.release_failed", caused_by=str(exc), hint="another replica takes over when the lease expires")
-            return
-        self._metrics.set_leadership(leader=False, term=term)
-        if term is not None:
-            log.info("lease.released", replica=self._elector.holder, term=term)
+                log.info(event, replica=self._elector.holder, term=term, **fields)

@@ -90,20 +90,17 @@ class PostgresOutbox:
 
     async def dead_letter_unknown_sinks(self, known: Iterable[str]) -> int:
         """Dead-letter pending rows for sinks that are no longer configured; return how many."""
-        sql = (
-            "UPDATE outbox SET status='dead', next_attempt_at=NULL, claim_token=NULL, claim_expires_at=NULL, "
-            "last_error='sink ' || sink || ' is no longer configured; add it back, then replay' "
-            "WHERE status='pending' AND NOT (sink = ANY(%s))"
-        )
-        async with self._database.connection("write") as conn:
-            return (await conn.execute(sql, (builtins.list(known),))).rowcount
+        return await self._dead_letter_unknown("sink", known)
 
     async def dead_letter_unknown_projects(self, known: Iterable[str]) -> int:
         """Dead-letter pending rows of projects that are no longer configured; return how many."""
+        return await self._dead_letter_unknown("project", known)
+
+    async def _dead_letter_unknown(self, column: str, known: Iterable[str]) -> int:
         sql = (
-            "UPDATE outbox SET status='dead', next_attempt_at=NULL, claim_token=NULL, claim_expires_at=NULL, "
-            "last_error='project ' || project || ' is no longer configured; add it back, then replay' "
-            "WHERE status='pending' AND NOT (project = ANY(%s))"
+            "UPDATE outbox SET status='dead', next_attempt_at=NULL, claim_token=NULL, claim_expires_at=NULL, "  # noqa: S608 - our column names
+            f"last_error='{column} ' || {column} || ' is no longer configured; add it back, then replay' "
+            f"WHERE status='pending' AND NOT ({column} = ANY(%s))"
         )
         async with self._database.connection("write") as conn:
             return (await conn.execute(sql, (builtins.list(known),))).rowcount

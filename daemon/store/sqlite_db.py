@@ -18,7 +18,7 @@ from daemon.errors import StoreError
 
 PROJECTS_VERSION = 3
 SCHEMA_VERSION = 3  # 2: slack_messages (issue 14); 3: a project column (issue 13). An older file is upgraded when opened read-write
-_SCHEMA = """
+_ACTIONS = """
 CREATE TABLE IF NOT EXISTS actions (
     project TEXT NOT NULL DEFAULT 'default',
     id TEXT NOT NULL,
@@ -32,7 +32,11 @@ CREATE TABLE IF NOT EXISTS actions (
     seen_at REAL NOT NULL,
     stuck_notified INTEGER NOT NULL DEFAULT 0,
     PRIMARY KEY (project, id)
-);
+)
+"""
+_SCHEMA = (
+    _ACTIONS
+    + """;
 CREATE INDEX IF NOT EXISTS actions_in_flight ON actions (project, id) WHERE terminal = 0;
 CREATE INDEX IF NOT EXISTS actions_seen ON actions (seen_at) WHERE terminal = 1;
 CREATE TABLE IF NOT EXISTS outbox (
@@ -68,33 +72,23 @@ CREATE TABLE IF NOT EXISTS slack_messages (
 );
 CREATE INDEX IF NOT EXISTS slack_messages_updated ON slack_messages (updated_at);
 """
+)
 
 
 # Version 3 gives every table that one project fills a project column; rows of an older file
 # belong to the project ``default``. SQLite cannot change a primary key in place, so actions
 # is copied into a new table.
-_UPGRADE_TO_3 = """
-ALTER TABLE actions RENAME TO actions_v2;
-DROP INDEX IF EXISTS actions_in_flight;
-DROP INDEX IF EXISTS actions_seen;
-CREATE TABLE actions (
-    project TEXT NOT NULL DEFAULT 'default',
-    id TEXT NOT NULL,
-    type TEXT NOT NULL,
-    status TEXT NOT NULL,
-    operation_status TEXT,
-    progress INTEGER,
-    created_at TEXT,
-    updated_at TEXT,
-    terminal INTEGER NOT NULL,
-    seen_at REAL NOT NULL,
-    stuck_notified INTEGER NOT NULL DEFAULT 0,
-    PRIMARY KEY (project, id)
-);
-INSERT INTO actions (id, type, status, operation_status, progress, created_at, updated_at, terminal, seen_at, stuck_notified)
-    SELECT id, type, status, operation_status, progress, created_at, updated_at, terminal, seen_at, stuck_notified FROM actions_v2;
-DROP TABLE actions_v2
-"""
+_UPGRADE_TO_3 = (
+    "ALTER TABLE actions RENAME TO actions_v2",
+    "DROP INDEX IF EXISTS actions_in_flight",
+    "DROP INDEX IF EXISTS actions_seen",
+    _ACTIONS,
+    (
+        "INSERT INTO actions (id, type, status, operation_status, progress, created_at, updated_at, terminal, seen_at, stuck_notified) "
+        "SELECT id, type, status, operation_status, progress, created_at, updated_at, terminal, seen_at, stuck_notified FROM actions_v2"
+    ),
+    "DROP TABLE actions_v2",
+)
 
 
 class SqliteDatabase:
@@ -155,7 +149,7 @@ class SqliteDatabase:
     def _upgrade_to_3(self) -> None:
         columns = self._columns("actions")
         if columns and "project" not in columns:
-            for statement in filter(str.strip, _UPGRADE_TO_3.split(";")):
+            for statement in _UPGRADE_TO_3:
                 self.db.execute(statement)
         for table in ("outbox", "api_calls"):
             columns = self._columns(table)

@@ -36,24 +36,19 @@ class SqliteOutbox:
 
     async def dead_letter_unknown_sinks(self, known: Iterable[str]) -> int:
         """Dead-letter pending rows for sinks that are no longer configured; return how many."""
-        names = builtins.list(known)
-        marks = ",".join("?" * len(names))  # SQLite reads NOT IN () as true: no sink known, every row orphaned
-        sql = (
-            "UPDATE outbox SET status='dead', next_attempt_at=NULL, "  # noqa: S608 - placeholders only
-            "last_error='sink ' || sink || ' is no longer configured; add it back, then replay' "
-            f"WHERE status='pending' AND sink NOT IN ({marks})"
-        )
-        with self._database.transaction():
-            return int(self._db.execute(sql, names).rowcount)
+        return self._dead_letter_unknown("sink", known)
 
     async def dead_letter_unknown_projects(self, known: Iterable[str]) -> int:
         """Dead-letter pending rows of projects that are no longer configured; return how many."""
+        return self._dead_letter_unknown("project", known)
+
+    def _dead_letter_unknown(self, column: str, known: Iterable[str]) -> int:
         names = builtins.list(known)
-        marks = ",".join("?" * len(names))
+        marks = ",".join("?" * len(names))  # SQLite reads NOT IN () as true: nothing known, every row orphaned
         sql = (
-            "UPDATE outbox SET status='dead', next_attempt_at=NULL, "  # noqa: S608 - placeholders only
-            "last_error='project ' || project || ' is no longer configured; add it back, then replay' "
-            f"WHERE status='pending' AND project NOT IN ({marks})"
+            "UPDATE outbox SET status='dead', next_attempt_at=NULL, "  # noqa: S608 - our column names, placeholders
+            f"last_error='{column} ' || {column} || ' is no longer configured; add it back, then replay' "
+            f"WHERE status='pending' AND {column} NOT IN ({marks})"
         )
         with self._database.transaction():
             return int(self._db.execute(sql, names).rowcount)
