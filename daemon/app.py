@@ -223,14 +223,18 @@ class Relay:
     async def _lead(self, runner: ProjectRunner) -> None:
         self._schedule(runner.job_id, self._clock())
 
-    def watch(self, action_id: str, project: str | None = None) -> str | None:
+    def watch(self, action_id: str, project: str | None = None) -> tuple[int, str] | None:
         """Your application just started ``action_id``: poll its project soon and stay fast while it runs (wakes coalesce).
 
-        Return why not (an unknown project, or none named while several are configured), or None.
+        Return why not, as an HTTP status and a detail: 400 for an unknown project (or none named
+        while several are configured), 503 when this replica does not poll that project; else None.
         """
         runner, refused = pick_project(self.projects, project)
         if runner is None:
-            return refused
+            return 400, refused
+        if not runner.elector.trusted():
+            leader = f'voucherify_relay_leader{{project="{runner.name}"}} is 1'
+            return 503, f"replica {self.settings.replica_id} does not poll project {runner.name} now: send it to the replica where {leader}"
         with structlog.contextvars.bound_contextvars(project=runner.name):
             self._schedule(runner.job_id, runner.loop.watch(action_id), only_sooner=True)
         return None

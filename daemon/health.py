@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import hmac
 import re
+from http import HTTPStatus
 from typing import TYPE_CHECKING, Protocol
 
 import structlog
@@ -51,7 +52,7 @@ class HealthServer:
         source: HealthSource,
         metrics: RelayMetrics | None = None,
         *,
-        watch: Callable[[str, str | None], str | None] | None = None,
+        watch: Callable[[str, str | None], tuple[int, str] | None] | None = None,
         watch_token: str | None = None,
         max_connections: int = MAX_CONNECTIONS,
         idle_timeout_s: float = IDLE_TIMEOUT_S,
@@ -128,7 +129,8 @@ class HealthServer:
             return web.json_response({"status": "invalid", "detail": '"project" must be a project name'}, status=400)
         refused = self._watch(action_id, project)
         if refused is not None:
-            return web.json_response({"status": "invalid", "detail": refused}, status=400)
+            status, detail = refused
+            return web.json_response({"status": "invalid" if status == HTTPStatus.BAD_REQUEST else "not_polling", "detail": detail}, status=status)
         return web.json_response({"status": "watching", "detail": action_id}, status=202)
 
 

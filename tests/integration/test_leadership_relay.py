@@ -11,6 +11,7 @@ import time
 from collections.abc import AsyncIterator
 from contextlib import AsyncExitStack, asynccontextmanager
 
+import aiohttp
 import psycopg
 import pytest
 
@@ -21,7 +22,7 @@ from daemon.errors import LeaseLostError
 from daemon.leadership import timing_for
 from daemon.store.postgres_lease import PostgresLeaseStore
 from daemon.voucherify import RetryPolicy
-from tests.conftest import until
+from tests.conftest import WATCH_TOKEN, until
 from tests.integration.test_lease_postgres import LEASE_TABLE
 
 FAST = RetryPolicy(max_attempts=2, backoff_max_s=0.05, backoff_multiplier_s=0.01)
@@ -45,13 +46,13 @@ def clear_lease(lease_db):
 
 
 @asynccontextmanager
-async def replicas(make_settings, tmp_path, url: str, count: int) -> AsyncIterator[list[Relay]]:
-    """Run ``count`` relays, each with its own state file, all on one lease in ``url``."""
+async def replicas(make_settings, tmp_path, url: str, count: int, **overrides: str) -> AsyncIterator[list[Relay]]:
+    """Run ``count`` relays, each with its own state file, all on one lease in ``url`` (``overrides``: more settings)."""
     async with AsyncExitStack() as stack:
         relays = []
         for n in range(count):
             (tmp_path / f"r{n}").mkdir()
-            settings = make_settings(STATE_URL=f"sqlite:///{tmp_path}/r{n}/state.db", REPLICA_ID=f"r{n}", LEASE_TTL=f"{TTL_S}s")
+            settings = make_settings(STATE_URL=f"sqlite:///{tmp_path}/r{n}/state.db", REPLICA_ID=f"r{n}", LEASE_TTL=f"{TTL_S}s", **overrides)
             elector = Elector(store=PostgresLeaseStore(url), holder=f"r{n}", timing=timing_for(TTL_S), fencing=True)
             relay = await build_relay(settings, retry=FAST, elector=elector)
             await relay.start()
@@ -103,3 +104,19 @@ async def test_a_leader_whose_lease_is_taken_steps_down_and_sends_nothing(standi
         with pytest.raises(LeaseLostError):
             relay.elector.permit()
         assert relay.ready()[0]
+
+
+async def test_watch_on_a_follower_says_which_replica_to_ask(make_settings, tmp_path, clear_lease):
+    """POST /watch on the leader is accepted; on a follower it answers 503 naming the leader gauge to look for, and polls nothing."""
+    async with replicas(make_settings, tmp_path, clear_lease, 2, HTTP_LISTEN="127.0.0.1:0", WATCH_TOKEN=WATCH_TOKEN) as relays:
+        await until(lambda: len(leaders(relays)) == 1)
+        (leader,) = leaders(relays)
+        (follower,) = [r for r in relays if r is not leader]
+        answers = []
+        async with aiohttp.ClientSession(headers={"Authorization": f"Bearer {WATCH_TOKEN}"}) as http:
+            for relay in (leader, follower):
+                async with http.post(f"http://127.0.0.1:{relay.http_port}/watch", json={"action_id": "aa_1"}) as response:
+                    answers.append((response.status, (await response.json())["detail"]))
+    assert answers[0] == (202, "aa_1")
+    assert answers[1][0] == 503
+    assert 'voucherify_relay_leader{project="default"} is 1' in answers[1][1]
