@@ -16,6 +16,7 @@ from daemon.demo.wire import CANNED, Json, canned_json, gateway_error, too_many_
 _STATUS_FAULTS: Final = frozenset({"429", "500", "502", "503", "401", "403"})
 FAULTS: Final = _STATUS_FAULTS | {"timeout", "reset", "malformed", "truncated", "shuffle"}
 PATHS: Final = frozenset({"list", "get", "any"})
+PARAMS: Final = frozenset({"retry_after", "delay_s"})  # a 429's Retry-After seconds; how long a "timeout" holds the request
 UNLIMITED: Final = 1_000_000  # nominal X-Rate-Limit-Limit when no limit is configured
 _WINDOW: Final = timedelta(seconds=60)
 
@@ -38,9 +39,9 @@ class FaultScript:
         self._faults: list[Fault] = []
 
     def add(self, fault: str, *, times: int, path: str, params: Json) -> None:
-        """Script a fault for the next `times` requests to path; raise ValueError for unknown ones."""
-        if fault not in FAULTS or path not in PATHS or times < 1:
-            msg = f"unknown fault {fault!r}, path {path!r} or times {times}"
+        """Script a fault for the next `times` requests to path; raise ValueError for unknown ones (or unknown parameters)."""
+        if fault not in FAULTS or path not in PATHS or times < 1 or not params.keys() <= PARAMS:
+            msg = f"unknown fault {fault!r}, path {path!r}, times {times} or parameters {sorted(params)} (known: {sorted(PARAMS)})"
             raise ValueError(msg)
         self._faults.append(Fault(fault, "list" if fault == "shuffle" else path, times, params))
 

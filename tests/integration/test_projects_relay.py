@@ -99,7 +99,7 @@ async def test_one_projects_trouble_never_slows_another(tmp_path, apis, receiver
     eu, us = apis["eu"], apis["us"]
     async with running(settings) as relay:
         await baselines(relay)
-        eu.inject(fault, times=1000, path="any", retry_after_s=60, delay_s=5)
+        eu.inject(fault, times=1000, path="any", retry_after=60, delay_s=5)
         await asyncio.sleep(0.3)
         lists_before, t0 = us.count("list"), time.monotonic()
         latencies = []

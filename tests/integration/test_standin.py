@@ -274,6 +274,13 @@ async def test_injected_429_sends_retry_headers(standin: VoucherifyStandIn, sess
     assert response.headers["X-Rate-Limit-Remaining"] == "0"
 
 
+def test_a_misspelt_fault_parameter_is_refused(standin: VoucherifyStandIn) -> None:
+    """A fault parameter the stand-in does not read (retry_after_s for retry_after) is refused, not silently ignored."""
+    with pytest.raises(ValueError, match="retry_after_s"):
+        standin.inject("429", retry_after_s=60)
+    assert standin.faults.pending == ()
+
+
 async def test_timeout_fault_delays_the_answer(standin: VoucherifyStandIn, session: aiohttp.ClientSession) -> None:
     """A timeout fault holds the answer long enough for the client to time out."""
     standin.inject("timeout", delay_s=5)
