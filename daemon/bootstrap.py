@@ -91,6 +91,12 @@ def route_event(specs: Mapping[str, SinkSettings], event: Event) -> list[str]:
     return [name for name, spec in specs.items() if spec.accepts(action_type=action_type, outcome=outcome, event=kind, project=project)]
 
 
+def connection_limit(settings: RelaySettings) -> int:
+    """Return how many HTTP connections the relay's one session may hold: each project's poll, each sink's sends, and room (aiohttp's 100 at least)."""
+    needed = len(settings.all_projects()) + sum(spec.max_concurrency for spec in settings.all_sinks().values())
+    return max(100, 2 * needed)
+
+
 def open_lease_store(settings: RelaySettings) -> tuple[LeaseStore, bool]:
     """Return the lease store for RELAY_STATE_URL and whether cycles commit under its fence (PostgreSQL) or not (SQLite)."""
     if settings.state_kind == "postgres":
@@ -156,7 +162,7 @@ async def build_relay(
             stores = await open_stores(settings, listen=True)
             undo.push_async_callback(stores.close)
         if session is None:
-            session = aiohttp.ClientSession(raise_for_status=False)
+            session = aiohttp.ClientSession(raise_for_status=False, connector=aiohttp.TCPConnector(limit=connection_limit(settings)))
             undo.push_async_callback(session.close)
         lease_store = elector.store if elector is not None else open_lease_store(settings)[0]
         undo.push_async_callback(lease_store.close)
