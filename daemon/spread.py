@@ -13,7 +13,8 @@ only its projects, within the lease TTL. The policy itself is pure, in :mod:`dae
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Awaitable, Callable, Sequence
+import contextlib
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 
 import structlog
 
@@ -35,7 +36,7 @@ class Spreader:
         self._projects = projects
         self._on_members = on_members
         self._electors: Sequence[Elector] = ()
-        self._reserved = 0
+        self._turns = asyncio.Lock()
         self.members = 1  # until the first heartbeat answers: this replica may take every lease (as a single replica would)
         self._task: asyncio.Task[None] | None = None
 
@@ -48,16 +49,17 @@ class Spreader:
         """How many project leases this replica holds now."""
         return sum(1 for e in self._electors if e.standing.term is not None)
 
-    def try_reserve(self) -> bool:
-        """Reserve a slot for one attempt to take a lease, unless this replica holds (or is about to hold) its share."""
-        if not may_take(self.held() + self._reserved, self.share):
-            return False
-        self._reserved += 1
-        return True
+    @contextlib.asynccontextmanager
+    async def turn(self) -> AsyncIterator[bool]:
+        """Let one follower attempt run at a time, in the order they asked; yield whether it may take a lease.
 
-    def settle(self) -> None:
-        """End a reservation."""
-        self._reserved = max(0, self._reserved - 1)
+        The turns are first come, first served (an asyncio.Lock wakes its waiters in order), so
+        every follower gets to try in each round of attempts. A slot reserved for the whole
+        round trip instead went to the same follower every round: the electors retry in step,
+        and one whose lease another replica holds kept the slot from the one whose lease was free.
+        """
+        async with self._turns:
+            yield may_take(self.held(), self.share)
 
     def start(self, electors: Sequence[Elector], *, hand_over: Callable[[Elector], Awaitable[None]]) -> None:
         """Start the heartbeat for these electors (the replica's projects)."""
