@@ -1,8 +1,10 @@
 """Spread project leases over the replicas: each holds about its fair share (issue 13).
 
-Every replica renews a membership row (``member:<replica id>`` in the lease table) on the
-holder's cadence; the answer is how many replicas are live. A replica then takes free
-project leases only while it holds fewer than ``ceil(projects / replicas)`` (the
+Every replica renews a membership row (``member:<replica id>`` in the lease table) at the
+followers' cadence (every 0.25 s at most: a cheap one-row statement, like one follower's
+attempt), so a replica that stops or joins changes the others' shares within a fraction of
+a second, not a renewal period (2 s at the default TTL); the answer is how many replicas are
+live. A replica then takes free project leases only while it holds fewer than ``ceil(projects / replicas)`` (the
 :class:`~daemon.elector.Gate` its electors ask), and when replicas join it hands over its
 surplus one lease per heartbeat, so the others take them without a burst of hand-overs.
 A dead replica's membership ends before its leases do (:data:`MEMBER_TTL_FRACTION`), so
@@ -69,7 +71,7 @@ class Spreader:
     async def _run(self, hand_over: Callable[[Elector], Awaitable[None]]) -> None:
         while True:
             await self.beat(hand_over)
-            await asyncio.sleep(self._timing.renew_every_s)
+            await asyncio.sleep(self._timing.retry_every_s)
 
     async def beat(self, hand_over: Callable[[Elector], Awaitable[None]]) -> None:
         """Renew the membership, read how many replicas are live, and hand over one surplus lease if others joined."""

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import AsyncIterator
 from contextlib import AsyncExitStack
 
@@ -111,3 +112,21 @@ async def test_a_free_lease_is_taken_though_the_followers_for_leases_held_elsewh
         for task in tasks:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
+
+
+async def test_a_replica_that_leaves_grows_the_others_share_within_a_second_even_with_a_long_ttl(pg_url, stack):
+    """With a 60 s lease TTL, when one of two replicas ends its membership the other's share is all projects within a second (not a renewal period)."""
+    await (await open_postgres(pg_url)).close()
+    timing = timing_for(60.0)
+    spreaders = []
+    for holder in ("a", "b"):
+        store = PostgresLeaseStore(pg_url)
+        stack.push_async_callback(store.close)
+        spreaders.append(Spreader(store, holder=holder, timing=timing, projects=4))
+        spreaders[-1].start([], hand_over=lambda _: asyncio.sleep(0))
+    await until(lambda: [s.share for s in spreaders] == [2, 2], timeout_s=5)
+    await spreaders[0].stop()
+    left_at = time.monotonic()
+    await until(lambda: spreaders[1].share == 4, timeout_s=5)
+    await spreaders[1].stop()
+    assert time.monotonic() - left_at < 1.0, "the share grew within a second"
