@@ -60,11 +60,11 @@ async def replica_set(env: dict[str, str], count: int) -> AsyncIterator[ReplicaS
         await replicas.stop()
 
 
-async def complete_steadily(standin: VoucherifyStandIn, completed: list[str], stop: asyncio.Event) -> None:
-    """Keep one action running and complete one every 0.2 s until ``stop``."""
+async def complete_steadily(standin: VoucherifyStandIn, completed: list[str], stop: asyncio.Event, *, every_s: float = 0.2) -> None:
+    """Keep one action running and complete one every ``every_s`` until ``stop``."""
     running = standin.add_action(TYPE)
     while not stop.is_set():
-        await asyncio.sleep(0.2)
+        await asyncio.sleep(every_s)
         standin.complete_action(running, example=TYPE)
         completed.append(running)
         running = standin.add_action(TYPE)

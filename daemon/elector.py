@@ -10,7 +10,8 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
+from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from typing import Protocol
 
 from daemon.errors import LeaseLostError, StoreError
@@ -22,23 +23,17 @@ from daemon.store import Fence
 class Gate(Protocol):
     """Whether this replica may try for one more lease now (project leases spread over replicas: :mod:`daemon.spread`)."""
 
-    def try_reserve(self) -> bool:
-        """Reserve a slot for one attempt to take a lease; False when this replica holds its share."""
-        ...
-
-    def settle(self) -> None:
-        """End the reservation (the attempt has answered: it took the lease or not)."""
+    def turn(self) -> AbstractAsyncContextManager[bool]:
+        """Wait for this replica's next follower attempt to be the only one under way; yield whether it may take a lease."""
         ...
 
 
 class _Open:
-    """The gate of a replica that may take every lease (one project, or SQLite)."""
+    """The gate of a replica that may take every lease (one project, or SQLite): no waiting, always yes."""
 
-    def try_reserve(self) -> bool:
-        return True
-
-    def settle(self) -> None:
-        return None
+    @asynccontextmanager
+    async def turn(self) -> AsyncIterator[bool]:
+        yield True
 
 
 class Elector:
@@ -72,23 +67,30 @@ class Elector:
         return self._store
 
     async def attempt(self) -> Change:
-        """Renew or try for the lease once; return what changed."""
+        """Renew or try for the lease once; return what changed.
+
+        A renewal goes straight to the store. A follower waits for its turn at the gate and
+        judges the answer before the next follower's turn, so the replica's count of held
+        leases is exact when the next one decides whether it may take a lease.
+        """
         self.standing, lapsed = expired(self.standing, now=self._monotonic())
         if lapsed is not None:
             return lapsed
+        if self.standing.term is not None:
+            return await self._ask(acquire=True)
+        async with self._gate.turn() as may_take:
+            return await self._ask(acquire=may_take)
+
+    async def _ask(self, *, acquire: bool) -> Change:
         sent_at = self._monotonic()
-        reserved = self.standing.term is None and self._gate.try_reserve()
+        timeout_s = attempt_timeout_s(self.standing, now=sent_at, timing=self.timing)
         try:
-            timeout_s = attempt_timeout_s(self.standing, now=sent_at, timing=self.timing)
-            ask = self._store.acquire_or_renew(name=self._name, holder=self.holder, ttl_s=self.timing.ttl_s, acquire=self.standing.term is not None or reserved)
+            ask = self._store.acquire_or_renew(name=self._name, holder=self.holder, ttl_s=self.timing.ttl_s, acquire=acquire)
             lease = await asyncio.wait_for(ask, timeout=timeout_s)
         except (StoreError, TimeoutError) as exc:
             self.last_error = str(exc) or f"no answer within {timeout_s:.1f}s"
             self.standing, change = refused(self.standing, reason="error" if isinstance(exc, StoreError) else "timeout")
             return change
-        finally:
-            if reserved:
-                self._gate.settle()
         self.last_ok_at, self.last_error = self._monotonic(), None
         if lease is None:
             self.standing, change = refused(self.standing, reason="taken")

@@ -1,8 +1,10 @@
 """Spread project leases over the replicas: each holds about its fair share (issue 13).
 
-Every replica renews a membership row (``member:<replica id>`` in the lease table) on the
-holder's cadence; the answer is how many replicas are live. A replica then takes free
-project leases only while it holds fewer than ``ceil(projects / replicas)`` (the
+Every replica renews a membership row (``member:<replica id>`` in the lease table) at the
+followers' cadence (every 0.25 s at most: a cheap one-row statement, like one follower's
+attempt), so a replica that stops or joins changes the others' shares within a fraction of
+a second, not a renewal period (2 s at the default TTL); the answer is how many replicas are
+live. A replica then takes free project leases only while it holds fewer than ``ceil(projects / replicas)`` (the
 :class:`~daemon.elector.Gate` its electors ask), and when replicas join it hands over its
 surplus one lease per heartbeat, so the others take them without a burst of hand-overs.
 A dead replica's membership ends before its leases do (:data:`MEMBER_TTL_FRACTION`), so
@@ -13,7 +15,8 @@ only its projects, within the lease TTL. The policy itself is pure, in :mod:`dae
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Awaitable, Callable, Sequence
+import contextlib
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 
 import structlog
 
@@ -35,7 +38,7 @@ class Spreader:
         self._projects = projects
         self._on_members = on_members
         self._electors: Sequence[Elector] = ()
-        self._reserved = 0
+        self._turns = asyncio.Lock()
         self.members = 1  # until the first heartbeat answers: this replica may take every lease (as a single replica would)
         self._task: asyncio.Task[None] | None = None
 
@@ -48,16 +51,17 @@ class Spreader:
         """How many project leases this replica holds now."""
         return sum(1 for e in self._electors if e.standing.term is not None)
 
-    def try_reserve(self) -> bool:
-        """Reserve a slot for one attempt to take a lease, unless this replica holds (or is about to hold) its share."""
-        if not may_take(self.held() + self._reserved, self.share):
-            return False
-        self._reserved += 1
-        return True
+    @contextlib.asynccontextmanager
+    async def turn(self) -> AsyncIterator[bool]:
+        """Let one follower attempt run at a time, in the order they asked; yield whether it may take a lease.
 
-    def settle(self) -> None:
-        """End a reservation."""
-        self._reserved = max(0, self._reserved - 1)
+        The turns are first come, first served (an asyncio.Lock wakes its waiters in order), so
+        every follower gets to try in each round of attempts. A slot reserved for the whole
+        round trip instead went to the same follower every round: the electors retry in step,
+        and one whose lease another replica holds kept the slot from the one whose lease was free.
+        """
+        async with self._turns:
+            yield may_take(self.held(), self.share)
 
     def start(self, electors: Sequence[Elector], *, hand_over: Callable[[Elector], Awaitable[None]]) -> None:
         """Start the heartbeat for these electors (the replica's projects)."""
@@ -67,7 +71,7 @@ class Spreader:
     async def _run(self, hand_over: Callable[[Elector], Awaitable[None]]) -> None:
         while True:
             await self.beat(hand_over)
-            await asyncio.sleep(self._timing.renew_every_s)
+            await asyncio.sleep(self._timing.retry_every_s)
 
     async def beat(self, hand_over: Callable[[Elector], Awaitable[None]]) -> None:
         """Renew the membership, read how many replicas are live, and hand over one surplus lease if others joined."""

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+import time
 from collections.abc import AsyncIterator
 from contextlib import AsyncExitStack
 
@@ -9,7 +11,12 @@ import pytest
 
 from daemon.app import Relay
 from daemon.bootstrap import build_relay
+from daemon.elector import Elector
+from daemon.leadership import timing_for
 from daemon.settings import load_settings
+from daemon.spread import Spreader
+from daemon.store.postgres import open_postgres
+from daemon.store.postgres_lease import PostgresLeaseStore
 from tests.conftest import APP_TOKEN, FAST, relay_env, until
 
 pytestmark = pytest.mark.postgres
@@ -71,3 +78,55 @@ async def test_projects_spread_over_replicas_and_a_failover_moves_only_the_dead_
     for relay in relays[1:]:
         assert kept[id(relay)] <= held(relay), "a survivor kept its own projects"
     assert set().union(*(held(r) for r in relays[1:])) == set(PROJECTS)
+
+
+async def keep_trying(elector: Elector) -> None:
+    """Attempt on the elector's own cadence, as the relay's lease keeper does."""
+    while True:
+        await elector.attempt()
+        await asyncio.sleep(elector.pause_s())
+
+
+async def test_a_free_lease_is_taken_though_the_followers_for_leases_held_elsewhere_retry_in_step(pg_url, stack):
+    """A replica one lease below its share takes the free lease at once, though two followers ask first each round for leases held elsewhere."""
+    await (await open_postgres(pg_url)).close()  # the schema, with the lease table
+    mine, other = PostgresLeaseStore(pg_url), PostgresLeaseStore(pg_url)
+    stack.push_async_callback(mine.close)
+    stack.push_async_callback(other.close)
+    await other.heartbeat(holder="other", ttl_s=60)
+    for name in ("poll:a", "poll:b"):
+        assert await other.acquire_or_renew(name=name, holder="other", ttl_s=60) is not None
+    timing = timing_for(TTL_S)
+    spreader = Spreader(mine, holder="me", timing=timing, projects=4)
+    electors = [Elector(store=mine, holder="me", timing=timing, fencing=True, name=f"poll:{n}", gate=spreader) for n in ("a", "b", "free", "held")]
+    assert (await electors[3].attempt()).kind == "acquired"
+    spreader.start(electors, hand_over=lambda _: asyncio.sleep(0))
+    stack.push_async_callback(spreader.stop)
+    await until(lambda: spreader.share == 2, timeout_s=5)
+    tasks = [asyncio.create_task(keep_trying(e)) for e in electors]
+    try:
+        await until(lambda: electors[2].standing.term is not None, timeout_s=2)
+        await asyncio.sleep(3 * timing.retry_every_s)
+        assert [e.standing.term is not None for e in electors] == [False, False, True, True], "at its share, it takes no more"
+    finally:
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+
+
+async def test_a_replica_that_leaves_grows_the_others_share_within_a_second_even_with_a_long_ttl(pg_url, stack):
+    """With a 60 s lease TTL, when one of two replicas ends its membership the other's share is all projects within a second (not a renewal period)."""
+    await (await open_postgres(pg_url)).close()
+    timing = timing_for(60.0)
+    spreaders = []
+    for holder in ("a", "b"):
+        store = PostgresLeaseStore(pg_url)
+        stack.push_async_callback(store.close)
+        spreaders.append(Spreader(store, holder=holder, timing=timing, projects=4))
+        spreaders[-1].start([], hand_over=lambda _: asyncio.sleep(0))
+    await until(lambda: [s.share for s in spreaders] == [2, 2], timeout_s=5)
+    await spreaders[0].stop()
+    left_at = time.monotonic()
+    await until(lambda: spreaders[1].share == 4, timeout_s=5)
+    await spreaders[1].stop()
+    assert time.monotonic() - left_at < 1.0, "the share grew within a second"
