@@ -8,10 +8,14 @@ Sizes. The read-ahead covers ``READ_AHEAD_S`` of sending at the rate the drain h
 (answers per second since it started), at least ``READ_AHEAD_PER_SLOT`` rows per send slot and
 at most ``READ_AHEAD_MAX``; it is claimed again when half of it is left. So sends never wait
 for a claim's round trip, even when a busy database takes tens of milliseconds to answer (a
-webhook at 4,000 events/s claims about 200 rows at a time), while a Slack sink paced to one
-message a second holds 8 rows ahead. Answers are written when ``WRITE_GROUP`` of them wait,
-when the oldest has waited ``WRITE_DELAY_S``, or when no send is in flight: one transaction
-per group, and a slow send delays nobody's answer by more than the delay.
+webhook at 4,000 events/s holds 256 rows ahead), while a Slack sink paced to one message a
+second holds 8. Each claim costs the database a statement that skips the rows other replicas
+hold, so claims should not be small either: 50 ms instead of 100 ms cost three replicas about
+1.5 times the PostgreSQL CPU per event (docs/performance.md).
+
+Answers are written when ``WRITE_GROUP`` of them wait, when the oldest has waited
+``WRITE_DELAY_S``, or when no send is in flight: one transaction per group, and a slow send
+delays nobody's answer by more than the delay.
 """
 
 from __future__ import annotations
@@ -26,7 +30,7 @@ from daemon.outbox_answers import Answers, settled_count, touched_rows
 from daemon.sinks import Sink
 from daemon.store import AttemptResults
 
-READ_AHEAD_S, READ_AHEAD_PER_SLOT, READ_AHEAD_MAX = 0.05, 8, 256
+READ_AHEAD_S, READ_AHEAD_PER_SLOT, READ_AHEAD_MAX = 0.1, 8, 256
 WRITE_GROUP, WRITE_DELAY_S = 64, 0.05
 
 
