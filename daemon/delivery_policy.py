@@ -79,14 +79,13 @@ def equal_jitter_backoff(*, max_delay_s: float, jitter: wait_base | None = None)
 
 @dataclass(frozen=True, slots=True)
 class DeliveryPolicy:
-    """Backoff cap, how long a delivery may keep failing before it is dead-lettered, batch size.
+    """Backoff cap, and how long a delivery may keep failing before it is dead-lettered.
 
     ``jitter`` replaces the random half of the backoff (tests pass ``tenacity.wait_none()``).
     """
 
     max_delay_s: float = 300.0
     max_age_s: float = 86400.0
-    batch_size: int = 100
     jitter: wait_base | None = None
     retrying: Retrying = field(init=False, repr=False, compare=False)
 

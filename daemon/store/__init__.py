@@ -5,8 +5,10 @@ the event loop, a network database (PostgreSQL) awaits its driver. ``commit_cycl
 writes a cycle's state and its outbox rows in one transaction, whatever the adapter.
 
 On PostgreSQL several replicas share one outbox: ``claim_due`` hands each row to one
-replica at a time (a claim token with an expiry), and ``apply_results`` settles a row
-only while that replica's token still holds it.
+replica at a time (a claim token with an expiry, pushed on by ``extend_claims`` while the
+row is still being sent), and ``apply_results`` settles a row only while that replica's
+token still holds it. ``claim_due(skip=...)`` leaves out rows this process holds already:
+on SQLite a row stays pending while it is sent, so that is what keeps it from being sent twice.
 """
 
 from __future__ import annotations
@@ -15,7 +17,7 @@ import asyncio
 import builtins
 import dataclasses
 import json
-from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal, Protocol
 
@@ -30,6 +32,11 @@ def meta_key(project: str, key: str) -> str:
 def message_key(project: str, action_id: str) -> str:
     """Return the key a sink keeps an action's Slack message under: the action id, prefixed with a named project's name."""
     return action_id if project == DEFAULT_PROJECT else f"{project}/{action_id}"
+
+
+# A shared outbox's claim lives this long unless its holder extends it (the dispatcher does, every third of it,
+# for rows it still holds): a dead replica's rows come back after at most this, however long a send may take.
+CLAIM_TTL_S = 30.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -151,7 +158,8 @@ class ActionStore(Protocol):
 class Outbox(Protocol):
     """Deliveries waiting, sent or dead-lettered."""
 
-    async def claim_due(self, *, now: float, limit: int, sink: str | None = None) -> builtins.list[Delivery]: ...
+    async def claim_due(self, *, now: float, limit: int, sink: str | None = None, skip: Collection[int] = ()) -> builtins.list[Delivery]: ...
+    async def extend_claims(self, claims: Mapping[int, str]) -> None: ...
     async def apply_results(self, results: AttemptResults, *, now: float) -> None: ...
     async def dead_letter_unknown_sinks(self, known: Iterable[str]) -> int: ...
     async def dead_letter_unknown_projects(self, known: Iterable[str]) -> int: ...

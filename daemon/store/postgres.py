@@ -9,12 +9,12 @@ and ``PGPASSFILE`` work as every PostgreSQL user expects.
 from __future__ import annotations
 
 from daemon.errors import StoreError
-from daemon.store import Stores
+from daemon.store import CLAIM_TTL_S, Stores
 from daemon.store.postgres_actions import PostgresActionStore, PostgresCallLog
 from daemon.store.postgres_db import PostgresDatabase
 from daemon.store.postgres_listen import OutboxListener
 from daemon.store.postgres_messages import PostgresMessageRefs
-from daemon.store.postgres_outbox import CLAIM_TTL_S, PostgresOutbox
+from daemon.store.postgres_outbox import PostgresOutbox
 
 
 async def open_postgres(

@@ -11,6 +11,8 @@ naming the database by user, host, port and name, never by its password.
 from __future__ import annotations
 
 import os
+import time
+import weakref
 from collections.abc import AsyncIterator, Iterator
 from contextlib import asynccontextmanager, contextmanager
 from typing import Any
@@ -25,6 +27,10 @@ from daemon.urls import describe_postgres_url, postgres_password
 APPLICATION_NAME = "voucherify-relay"
 SESSION_SETTINGS = {"idle_in_transaction_session_timeout": "5s", "statement_timeout": "10s"}
 CONNECT_TIMEOUT_S = 5
+# A pooled connection handed back in good order less than this long ago is lent again without the pool's check
+# (an empty query, one round trip): a busy dispatcher borrows one for every claim and every write. One that went bad
+# meanwhile fails that one call (a StoreError, retried like any other) and is dropped by the pool.
+CHECK_AFTER_IDLE_S = 1.0
 POOL_WAIT_S = 5.0  # how long a caller waits for a pooled connection before its call fails (a poll or a batch, retried later)
 Connection = psycopg.AsyncConnection[tuple[Any, ...]]
 
@@ -37,6 +43,7 @@ class PostgresDatabase:
         self.display = describe_postgres_url(url)
         # libpq also takes the password from PGPASSWORD in the process environment; hide that one too
         self._passwords = [p for p in (postgres_password(url), os.environ.get("PGPASSWORD")) if p]
+        self._returned: weakref.WeakKeyDictionary[Connection, float] = weakref.WeakKeyDictionary()
         self._pool: AsyncConnectionPool[Connection] = AsyncConnectionPool(
             url,
             kwargs=connection_options(url),
@@ -44,7 +51,8 @@ class PostgresDatabase:
             max_size=max_size,
             open=False,
             configure=configure_session,
-            check=AsyncConnectionPool.check_connection,
+            check=self._check_if_idle,
+            reset=self._note_returned,
             name="voucherify-relay",
             timeout=POOL_WAIT_S,
             reconnect_timeout=24 * 3600.0,  # keep reconnecting through a long outage; callers fail fast meanwhile
@@ -52,6 +60,15 @@ class PostgresDatabase:
 
     def __repr__(self) -> str:
         return f"PostgresDatabase({self.display})"
+
+    async def _note_returned(self, conn: Connection) -> None:
+        """Remember when a connection came back to the pool in good order."""
+        self._returned[conn] = time.monotonic()
+
+    async def _check_if_idle(self, conn: Connection) -> None:
+        """Check a connection before lending it, unless it came back in good order within ``CHECK_AFTER_IDLE_S``."""
+        if time.monotonic() - self._returned.get(conn, float("-inf")) >= CHECK_AFTER_IDLE_S:
+            await AsyncConnectionPool.check_connection(conn)
 
     async def open(self, *, migrate_schema: bool = True) -> int:
         """Connect once (so a wrong address or password fails here, clearly), migrate, then open the pool; return the schema version."""

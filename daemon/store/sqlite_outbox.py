@@ -1,13 +1,15 @@
 """SqliteOutbox: the Outbox port on the SQLite state file.
 
 Calls run inline on the event loop (short local I/O); rows are enqueued by
-``SqliteActionStore.commit_cycle`` in the cycle's own transaction.
+``SqliteActionStore.commit_cycle`` in the cycle's own transaction. One process owns the
+file, so there are no claims: a row stays pending while it is sent, and the dispatcher
+passes the rows it holds as ``claim_due(skip=...)`` so it never hands one out twice.
 """
 
 from __future__ import annotations
 
 import builtins
-from collections.abc import Iterable
+from collections.abc import Collection, Iterable, Mapping
 
 from daemon.model import Delivery
 from daemon.store import AttemptResults, OutboxRow, OutboxStats
@@ -23,16 +25,21 @@ class SqliteOutbox:
         self._database = database
         self._db = database.db
 
-    async def claim_due(self, *, now: float, limit: int, sink: str | None = None) -> builtins.list[Delivery]:
-        """Return up to ``limit`` pending deliveries due by ``now`` (for one sink, if given), oldest due first."""
+    async def claim_due(self, *, now: float, limit: int, sink: str | None = None, skip: Collection[int] = ()) -> builtins.list[Delivery]:
+        """Return up to ``limit`` pending deliveries due by ``now`` (for one sink, if given), oldest due first, none of ``skip``."""
         where = "status = 'pending' AND next_attempt_at <= ?" + (" AND sink = ?" if sink is not None else "")
+        if skip:
+            where += f" AND row_id NOT IN ({','.join('?' * len(skip))})"
         sql = (
             "SELECT row_id, event_id, event_type, sink, action_id, body, attempts, created_at FROM outbox "  # noqa: S608 - constant clauses
             f"WHERE {where} ORDER BY next_attempt_at, row_id LIMIT ?"
         )
-        params = (now, *([sink] if sink is not None else []), limit)
+        params = (now, *([sink] if sink is not None else []), *skip, limit)
         with self._database.errors("read"):
             return [Delivery(*row) for row in self._db.execute(sql, params)]
+
+    async def extend_claims(self, claims: Mapping[int, str]) -> None:
+        """Nothing to extend: SQLite hands out no claims."""
 
     async def dead_letter_unknown_sinks(self, known: Iterable[str]) -> int:
         """Dead-letter pending rows for sinks that are no longer configured; return how many."""

@@ -88,6 +88,22 @@ async def test_an_expired_claim_comes_back_and_a_late_answer_under_it_is_ignored
         await survivor.close()
 
 
+async def test_an_extended_claim_outlives_its_expiry(pg_url):
+    """A claim extended before it lapses still keeps the row from another replica after its first expiry has passed."""
+    sending, waiting = await open_postgres(pg_url, claim_ttl_s=0.4), await open_postgres(pg_url)
+    try:
+        await enqueue(sending, 2)
+        kept, dropped = await sending.outbox.claim_due(now=T0, limit=10)
+        assert kept.claim is not None
+        await asyncio.sleep(0.25)
+        await sending.outbox.extend_claims({kept.row_id: kept.claim, dropped.row_id: "not-its-token"})
+        await asyncio.sleep(0.25)
+        assert [d.row_id for d in await waiting.outbox.claim_due(now=T0, limit=10)] == [dropped.row_id], "only the extended claim holds"
+    finally:
+        await sending.close()
+        await waiting.close()
+
+
 async def test_replicas_opening_an_empty_database_together_migrate_it_once(pg_url):
     """Five replicas opening an empty database at once all open, and every migration is recorded exactly once."""
     results = await asyncio.gather(*(open_postgres(pg_url) for _ in range(5)), return_exceptions=True)

@@ -179,6 +179,18 @@ async def test_claim_due_orders_by_due_time_and_filters_by_sink(stores):
     assert await outbox.claim_due(now=T0 + 10, limit=10, sink="nobody") == []
 
 
+async def test_claim_due_leaves_out_the_rows_it_is_told_to_skip(stores):
+    """Rows a dispatcher already holds (passed as ``skip``) are never handed out again, whatever is due."""
+    outbox = stores.outbox
+    for n in range(4):
+        await enqueue(stores, event(f"aa_{n}"), ["a"], now=T0 + n)
+    first = await outbox.claim_due(now=T0 + 10, limit=2)
+    assert [d.action_id for d in first] == ["aa_0", "aa_1"]
+    rest = await outbox.claim_due(now=T0 + 10, limit=10, skip=[d.row_id for d in first])
+    assert [d.action_id for d in rest] == ["aa_2", "aa_3"]
+    assert await outbox.claim_due(now=T0 + 10, limit=10, skip=[d.row_id for d in first + rest]) == []
+
+
 async def test_a_claimed_delivery_carries_the_event(stores):
     """A claimed row holds the event id, type, sink, action id, exact body and attempt count."""
     sent = event("aa_1")
