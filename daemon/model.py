@@ -107,6 +107,7 @@ class Delivery:
     attempts: int
     created_at: float
     claim: str | None = None  # the shared outbox's claim token (PostgreSQL); settles only with it
+    project: str = DEFAULT_PROJECT  # whose action it is (for log lines)
 
     def envelope(self) -> dict[str, Any]:
         """Decode the stored event body."""

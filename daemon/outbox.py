@@ -250,7 +250,7 @@ class Dispatcher:
             self._verdicts.decide(delivery, answer, drain.answers, now=self._clock())
         else:
             if isinstance(answer, Exception):
-                log.error("delivery.crashed", sink=delivery.sink, event_id=delivery.event_id, caused_by=repr(answer))
+                log.error("delivery.crashed", sink=delivery.sink, project=delivery.project, event_id=delivery.event_id, caused_by=repr(answer))
             drain.answers.released.append(delivery.row_id)
         drain.noted()
 

@@ -88,7 +88,8 @@ class Verdicts:
             answers.delivered.append(delivery.row_id)
             self.stats.delivered += 1
             self._count(delivery.sink, "delivered")
-            log.debug("delivery.sent", sink=delivery.sink, event_id=delivery.event_id, action_id=delivery.action_id, status=result.status)
+            where = {"sink": delivery.sink, "project": delivery.project, "event_id": delivery.event_id, "action_id": delivery.action_id}
+            log.debug("delivery.sent", **where, status=result.status)
         elif verdict.outcome == "gone":
             if delivery.sink not in self.gone:
                 self.gone.add(delivery.sink)
@@ -111,6 +112,7 @@ class Verdicts:
         log.warning(
             "delivery.retry_scheduled",
             sink=delivery.sink,
+            project=delivery.project,
             event_id=delivery.event_id,
             attempt=delivery.attempts + 1,
             caused_by=result.detail,
@@ -121,7 +123,15 @@ class Verdicts:
         answers.dead.append((delivery.row_id, reason))
         self.stats.dead += 1
         self._count(delivery.sink, outcome)
-        log.error("delivery.dead_lettered", sink=delivery.sink, event_id=delivery.event_id, action_id=delivery.action_id, reason=reason, row_id=delivery.row_id)
+        log.error(
+            "delivery.dead_lettered",
+            sink=delivery.sink,
+            project=delivery.project,
+            event_id=delivery.event_id,
+            action_id=delivery.action_id,
+            reason=reason,
+            row_id=delivery.row_id,
+        )
 
     def _count(self, sink: str, outcome: str) -> None:
         if self._on_result:

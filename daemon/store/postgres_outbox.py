@@ -36,7 +36,7 @@ WITH due AS MATERIALIZED (
 )
 UPDATE outbox o SET claim_token = %(token)s, claim_expires_at = now() + make_interval(secs => %(ttl)s)
 FROM due WHERE o.row_id = due.row_id
-RETURNING o.row_id, o.event_id, o.event_type, o.sink, o.action_id, o.body, o.attempts, o.created_at, o.next_attempt_at
+RETURNING o.row_id, o.event_id, o.event_type, o.sink, o.action_id, o.body, o.attempts, o.created_at, o.project, o.next_attempt_at
 """
 # One statement settles a whole group of answers (one round trip, one plan, atomic like a transaction). A row settles
 # only with its claim token; without one (operator tools, tests) it settles as on SQLite. Released rows wake the others.
@@ -171,8 +171,8 @@ class PostgresOutbox:
 
 
 def _delivery(row: tuple[Any, ...], *, claim: str) -> Delivery:
-    row_id, event_id, event_type, sink, action_id, body, attempts, created_at, _ = row
-    return Delivery(row_id, event_id, event_type, sink, action_id, body, attempts, created_at, claim=claim)
+    row_id, event_id, event_type, sink, action_id, body, attempts, created_at, project, _ = row
+    return Delivery(row_id, event_id, event_type, sink, action_id, body, attempts, created_at, claim=claim, project=project)
 
 
 async def _notify(conn: Connection) -> None:

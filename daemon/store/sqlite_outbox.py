@@ -31,7 +31,7 @@ class SqliteOutbox:
         if skip:
             where += f" AND row_id NOT IN ({','.join('?' * len(skip))})"
         sql = (
-            "SELECT row_id, event_id, event_type, sink, action_id, body, attempts, created_at FROM outbox "  # noqa: S608 - constant clauses
+            "SELECT row_id, event_id, event_type, sink, action_id, body, attempts, created_at, NULL, project FROM outbox "  # noqa: S608 - constant clauses
             f"WHERE {where} ORDER BY next_attempt_at, row_id LIMIT ?"
         )
         params = (now, *([sink] if sink is not None else []), *skip, limit)

@@ -13,6 +13,8 @@ from pathlib import Path
 
 import aiohttp
 import pytest
+import structlog
+from structlog.testing import capture_logs
 
 from daemon.bootstrap import open_stores
 from daemon.demo.receiver import RecordingReceiver
@@ -197,3 +199,19 @@ def _project_field(blocks) -> str:
     """Return the Project field a message shows ('' when none)."""
     fields = [f["text"] for b in blocks for f in b.get("fields", []) if "Project" in f["text"]]
     return fields[0] if fields else ""
+
+
+async def test_log_lines_name_their_project(tmp_path, apis, receiver):
+    """Each project's cycle and lease lines carry its name; a delivery line carries the project of the action it delivers; other lines none."""
+    with capture_logs(processors=[structlog.contextvars.merge_contextvars]) as lines:
+        async with running(project_settings(tmp_path, apis, receiver)) as relay:
+            await baselines(relay)
+            action = apis["us"].add_action("VOUCHERS.IMPORT_CSV", status="IN_PROGRESS")
+            apis["us"].complete_action(action, example="VOUCHERS.IMPORT_CSV")
+            await until(lambda: len(receiver.delivered) == 1)
+    cycles = [line for line in lines if line["event"] == "poll.completed"]
+    assert {line["project"] for line in cycles} == {"eu", "us"}
+    assert {line["project"] for line in lines if line["event"] == "lease.acquired"} == {"eu", "us"}
+    (sent,) = [line for line in lines if line["event"] == "delivery.sent"]
+    assert sent["project"] == "us"
+    assert all("project" not in line for line in lines if line["event"] in ("dispatch.drained", "relay.stopped"))
