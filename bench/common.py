@@ -157,10 +157,10 @@ def stop_process(proc: subprocess.Popen[bytes], *, timeout_s: float = 10.0) -> i
 
 
 @contextlib.contextmanager
-def receiver_process(*, status: int = 204) -> Iterator[str]:
-    """Run the shared receiver (daemon/demo/receiver.py) in its own process; yield its hook URL."""
+def receiver_process(*, status: int = 204, delay_ms: float = 0.0) -> Iterator[str]:
+    """Run the shared receiver (daemon/demo/receiver.py) in its own process, answering after ``delay_ms``; yield its hook URL."""
     port = free_port()
-    args = [sys.executable, "-m", "daemon.demo.receiver", "--port", str(port), "--status", str(status)]
+    args = [sys.executable, "-m", "daemon.demo.receiver", "--port", str(port), "--status", str(status), "--delay-ms", str(delay_ms)]
     with child_process(args, cwd=ROOT, env=child_env()):
         wait_for_port(port)
         yield f"http://{LOCALHOST}:{port}/hook"

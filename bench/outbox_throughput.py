@@ -15,6 +15,7 @@ the CPU time of the database's backends serving that database (from /proc, by th
 ``pg_stat_activity``): the cost that decides throughput when the cores are the limit.
 
     RELAY_TEST_POSTGRES_URL=postgresql://postgres@127.0.0.1:5432/test python -m bench.outbox_throughput [--events 2000] [--repeats 3]
+        [--receiver-delay-ms 20]   # a receiver that takes 20 ms per request, as a real one does
 """
 
 from __future__ import annotations
@@ -50,7 +51,8 @@ from bench.common import (
     sample_events,
 )
 from bench.common import relay_env as bench_env
-from bench.failover import fresh_database, replica_set, server_url
+from bench.failover import replica_set
+from bench.pg_database import bench_server_url, temp_database
 from bench.throughput import received, run_bare, run_dispatcher
 from daemon.delivery_policy import DeliveryPolicy
 from daemon.demo.standin import VoucherifyStandIn
@@ -92,7 +94,7 @@ def backends(url: str) -> list[int]:
 
 async def run_postgres_dispatcher(server: str, url: str, events: list[Any]) -> dict[str, float]:
     """Enqueue the events in one transaction on a fresh database; return the in-process Dispatcher's rate and CPU per event."""
-    with fresh_database(server) as db_url:
+    with temp_database(server, prefix="relay_bench") as db_url:
         stores = await open_postgres(db_url)
         try:
             await stores.actions.commit_cycle(CycleResult(snapshots=[], events=[(e, ["webhook"]) for e in events]), now=time.time())
@@ -117,7 +119,7 @@ async def drain_replicas(server: str, hook_url: str, *, events: int, replicas: i
     standin = VoucherifyStandIn(app_id=APP_ID, app_token=APP_TOKEN)
     await standin.start()
     try:
-        with fresh_database(server) as url:
+        with temp_database(server, prefix="relay_bench") as url:
             env = bench_env(tempfile.gettempdir(), standin.base_url, hook_url, {"RELAY_STATE_URL": url, "RELAY_LOG_LEVEL": "info"})
             async with replica_set(env, replicas) as running:
                 await running.next_leader()
@@ -150,10 +152,10 @@ async def one_round(server: str, url: str, *, events: int) -> dict[str, dict[str
     return figures
 
 
-async def measure(server: str, *, events: int, repeats: int) -> list[dict[str, dict[str, float]]]:
-    """Run ``repeats`` rounds; return each round's figures."""
+async def measure(server: str, *, events: int, repeats: int, delay_ms: float = 0.0) -> list[dict[str, dict[str, float]]]:
+    """Run ``repeats`` rounds against a receiver answering after ``delay_ms``; return each round's figures."""
     rounds = []
-    with receiver_process() as url:
+    with receiver_process(delay_ms=delay_ms) as url:
         for n in range(repeats):
             figures = await one_round(server, url, events=events)
             rounds.append(figures)
@@ -188,10 +190,11 @@ def main() -> None:
     parser = base_parser(__doc__.splitlines()[0])
     parser.add_argument("--events", type=int, default=env_int("BENCH_EVENTS", 2000), help="events per run (2000)")
     parser.add_argument("--repeats", type=int, default=env_int("BENCH_REPEATS", 3), help="rounds (3)")
+    parser.add_argument("--receiver-delay-ms", type=float, default=0.0, help="the receiver answers after this long (0: at once, CPU-bound)")
     args = parser.parse_args()
     quiet_logs()
-    server = server_url()
-    rounds = asyncio.run(measure(server, events=args.events, repeats=args.repeats))
+    server = bench_server_url()
+    rounds = asyncio.run(measure(server, events=args.events, repeats=args.repeats, delay_ms=args.receiver_delay_ms))
     section = build_section(rounds, events=args.events, repeats=args.repeats)
     print(section.markdown)
     finish(section, args.json)

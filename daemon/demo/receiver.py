@@ -61,6 +61,7 @@ class RecordingReceiver:
     script: deque[Any] = field(default_factory=deque)
     requests: list[Received] = field(default_factory=list)
     default_status: int = 200
+    delay_s: float = 0.0  # how long every answer takes (a receiver doing real work), after any scripted sleep
     secret: str | None = field(default=None, repr=False)
     path: str = "/hook"
     on_delivery: Callable[[Received], None] | None = None
@@ -114,6 +115,8 @@ class RecordingReceiver:
         if isinstance(answer, tuple) and answer[0] == "retry-after":
             headers["Retry-After"] = str(answer[2])
             answer = answer[1]
+        if self.delay_s:
+            await asyncio.sleep(self.delay_s)
         self._note(request, body, int(answer))
         return web.Response(status=int(answer), headers=headers)
 
@@ -136,8 +139,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, required=True)
     parser.add_argument("--status", type=int, default=204)
+    parser.add_argument("--delay-ms", type=float, default=0.0, help="answer each request after this many milliseconds")
     args = parser.parse_args(argv)
-    app = RecordingReceiver(default_status=args.status).build_app()
+    app = RecordingReceiver(default_status=args.status, delay_s=args.delay_ms / 1000).build_app()
     web.run_app(app, host=args.host, port=args.port, access_log=None, print=None, handle_signals=True)
 
 
