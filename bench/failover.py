@@ -2,12 +2,17 @@
 
 Three ``voucherify-relay run`` processes share one fresh database on the server named by
 RELAY_BENCH_POSTGRES_URL (or RELAY_TEST_POSTGRES_URL) and poll an in-process stand-in
-while actions keep completing (one every 0.2 s). Per mode the leader gets the signal
+while actions keep completing (one every 0.2 s), from the moment a replica has committed
+the baseline cycle: an action that finished before it is history, which the relay
+announces only with RELAY_BACKFILL, so counting it would report a loss that is not one
+(it did: the 3 and 12 "missing" events of the first runs). Per mode the leader gets the signal
 ``--kills`` times; the failover time is from the signal to the first list request the
 stand-in receives afterwards (a SIGSTOPped leader sends nothing, a killed one cannot).
 A killed or terminated replica is started again; a stopped one gets SIGCONT once the
 successor polls. At the end every completed action must have arrived; copies of an
-event (same webhook-id) count as duplicate deliveries.
+event (same webhook-id) count as duplicate deliveries. Each replica's JSON log is kept in
+a temporary directory (printed at the end); an undelivered action is printed with its
+``actions`` and ``outbox`` rows and the stand-in's created_at/updated_at.
 
 Then delivery throughput from the shared outbox: ``--events`` events enqueued in one
 transaction, drained by one and then three replicas into a receiver in its own process,
@@ -52,14 +57,23 @@ MODES = (signal.SIGKILL, signal.SIGSTOP, signal.SIGTERM)
 
 
 @contextlib.asynccontextmanager
-async def replica_set(env: dict[str, str], count: int) -> AsyncIterator[ReplicaSet]:
-    """Run ``count`` replicas; stop them afterwards."""
+async def replica_set(env: dict[str, str], count: int, *, logs: Path | None = None) -> AsyncIterator[ReplicaSet]:
+    """Run ``count`` replicas; stop them afterwards (and write each one's log into ``logs``, if given)."""
     replicas = ReplicaSet(env, count=count)
     await replicas.start()
     try:
         yield replicas
     finally:
         await replicas.stop()
+        if logs is not None:
+            keep_logs(replicas, logs)
+
+
+def keep_logs(replicas: ReplicaSet, logs: Path) -> None:
+    """Write each replica's JSON log (every run of it) to ``logs/<name>.log`` and say where."""
+    for replica in replicas.replicas:
+        (logs / f"{replica.name}.log").write_text("".join(replica.lines))
+    print(f"failover: replica logs in {logs}", flush=True)
 
 
 async def complete_steadily(standin: VoucherifyStandIn, completed: list[str], stop: asyncio.Event, *, every_s: float = 0.2) -> None:
@@ -110,13 +124,15 @@ async def failovers(server: str, *, kills: int, ttl_s: float) -> dict[str, objec
     completed: list[str] = []
     stop = asyncio.Event()
     times: dict[str, list[float]] = {}
+    logs = Path(tempfile.mkdtemp(prefix="relay_failover_logs_"))
     try:
         with temp_database(server, prefix="relay_bench") as url:
             env = bench_env(
                 tempfile.gettempdir(), standin.base_url, hook.url, {"RELAY_STATE_URL": url, "RELAY_LEASE_TTL": f"{ttl_s}s", "RELAY_LOG_LEVEL": "info"}
             )
             env |= {"RELAY_POLL_INTERVAL": "1", "RELAY_IDLE_POLL_INTERVAL": "1"}
-            async with replica_set(env, 3) as replicas:
+            async with replica_set(env, 3, logs=logs) as replicas:
+                await replicas.baseline(timeout_s=ttl_s * 3)  # actions finished before the baseline are history: the relay announces none of them
                 flow = asyncio.create_task(complete_steadily(standin, completed, stop))
                 for signum in MODES:
                     times[signum.name] = []
@@ -127,6 +143,13 @@ async def failovers(server: str, *, kills: int, ttl_s: float) -> dict[str, objec
                 await flow
                 await wait_delivered(hook, completed, timeout_s=ttl_s * 3)
                 late = where_missing(url, sorted(set(completed) - {r.envelope["data"]["id"] for r in hook.delivered}))
+                for row in late:
+                    action = standin.actions[str(row["action"])]
+                    print(
+                        f"failover: stand-in has {row['action']} (#{completed.index(str(row['action']))} of {len(completed)}): "
+                        f"created {action['created_at']}, updated {action['updated_at']}",
+                        flush=True,
+                    )
                 await wait_delivered(hook, completed, timeout_s=LATE_WAIT_S)
     finally:
         await hook.close()

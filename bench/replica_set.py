@@ -190,6 +190,16 @@ class ReplicaSet:
         msg = f"no single leader within {timeout_s}s: {[r.name for r in self.leaders()]}"
         raise TimeoutError(msg)
 
+    async def baseline(self, *, timeout_s: float = 30) -> None:
+        """Wait until a replica's log says it committed the baseline cycle: what finished before it is history, not events."""
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            if any(r.get("event") == "poll.completed" and r.get("baseline") for replica in self.replicas for r in replica.records):
+                return
+            await asyncio.sleep(0.02)
+        msg = f"no baseline cycle within {timeout_s}s"
+        raise TimeoutError(msg)
+
     def output(self) -> str:
         """Return every replica's output, each line prefixed by its name."""
         return "".join(f"{r.name}| {line}" for r in self.replicas for line in r.lines)
