@@ -27,6 +27,10 @@ class Gate(Protocol):
         """Wait for this replica's next follower attempt to be the only one under way; yield whether it may take a lease."""
         ...
 
+    async def sleep(self, seconds: float) -> None:
+        """Wait ``seconds``, or less if this replica may take a lease again (its share grew or it lost one)."""
+        ...
+
 
 class _Open:
     """The gate of a replica that may take every lease (one project, or SQLite): no waiting, always yes."""
@@ -34,6 +38,9 @@ class _Open:
     @asynccontextmanager
     async def turn(self) -> AsyncIterator[bool]:
         yield True
+
+    async def sleep(self, seconds: float) -> None:
+        await asyncio.sleep(seconds)
 
 
 class Elector:
@@ -52,6 +59,7 @@ class Elector:
     ) -> None:
         self._store = store
         self._gate = gate or _Open()
+        self._full = False  # the gate said no at this follower's last turn
         self.holder = holder
         self.timing = timing
         self._fencing = fencing  # False on SQLite: the file lock already makes one process
@@ -79,6 +87,7 @@ class Elector:
         if self.standing.term is not None:
             return await self._ask(acquire=True)
         async with self._gate.turn() as may_take:
+            self._full = not may_take
             return await self._ask(acquire=may_take)
 
     async def _ask(self, *, acquire: bool) -> Change:
@@ -99,8 +108,19 @@ class Elector:
         return change
 
     def pause_s(self) -> float:
-        """Return how long to wait before the next attempt."""
+        """Return how long to wait before the next attempt.
+
+        A follower of a replica that holds its share of project leases asks only at the
+        holder's pace (it may not take the lease anyway; the attempt keeps its readiness): the
+        gate wakes it as soon as the replica may take one again.
+        """
+        if self.standing.term is None and self._full:
+            return self.timing.renew_every_s
         return next_attempt_in_s(self.standing, timing=self.timing)
+
+    async def wait(self) -> None:
+        """Sleep until the next attempt is due (see ``pause_s``), or until the gate opens."""
+        await self._gate.sleep(self.pause_s())
 
     def trusted(self) -> bool:
         """Whether this replica holds the lease and its trust window is still open."""

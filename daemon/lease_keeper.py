@@ -38,7 +38,7 @@ class LeaseKeeper:
                 await self._changed(await self._elector.attempt())
             except Exception as exc:
                 log.error("lease.crashed", exc_info=exc)
-            await asyncio.sleep(self._elector.pause_s())
+            await self._elector.wait()
 
     async def _changed(self, change: Change) -> None:
         replica = self._elector.holder

@@ -7,6 +7,8 @@ a second, not a renewal period (2 s at the default TTL); the answer is how many 
 live. A replica then takes free project leases only while it holds fewer than ``ceil(projects / replicas)`` (the
 :class:`~daemon.elector.Gate` its electors ask), and when replicas join it hands over its
 surplus one lease per heartbeat, so the others take them without a burst of hand-overs.
+A follower of a replica at its share asks only at the holder's pace (it may not take the
+lease anyway; asking keeps it ready) and is woken the moment the replica may take one again.
 A dead replica's membership ends before its leases do (:data:`MEMBER_TTL_FRACTION`), so
 the survivors' shares have grown by the time its projects come free: a failover moves
 only its projects, within the lease TTL. The policy itself is pure, in :mod:`daemon.leadership`.
@@ -39,6 +41,8 @@ class Spreader:
         self._on_members = on_members
         self._electors: Sequence[Elector] = ()
         self._turns = asyncio.Lock()
+        self._opened = asyncio.Event()  # set (and replaced) when this replica may take a lease again
+        self._was_open = True
         self.members = 1  # until the first heartbeat answers: this replica may take every lease (as a single replica would)
         self._task: asyncio.Task[None] | None = None
 
@@ -62,6 +66,19 @@ class Spreader:
         """
         async with self._turns:
             yield may_take(self.held(), self.share)
+
+    async def sleep(self, seconds: float) -> None:
+        """Wait ``seconds``, or until this replica may take a lease again (followers at its share sleep long)."""
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._opened.wait(), seconds)
+
+    def _notice(self) -> None:
+        """Wake every sleeping follower when this replica may take a lease again, after it could not."""
+        open_now = may_take(self.held(), self.share)
+        if open_now and not self._was_open:
+            self._opened.set()
+            self._opened = asyncio.Event()
+        self._was_open = open_now
 
     def start(self, electors: Sequence[Elector], *, hand_over: Callable[[Elector], Awaitable[None]]) -> None:
         """Start the heartbeat for these electors (the replica's projects)."""
@@ -87,6 +104,7 @@ class Spreader:
         if surplus(self.held(), self.share):
             held = [e for e in self._electors if e.standing.term is not None]
             await hand_over(held[-1])
+        self._notice()
 
     async def stop(self) -> None:
         """Stop the heartbeat and end the membership, so the others' shares grow at once."""

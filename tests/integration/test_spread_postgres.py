@@ -59,6 +59,12 @@ async def start(settings, stack: AsyncExitStack) -> Relay:
     return relay
 
 
+def followers_slowed(relay: Relay) -> bool:
+    """Whether every follower of a replica at its share asks only at the holder's pace (the gate wakes them when that changes)."""
+    followers = [r.elector for r in relay.projects.values() if r.elector.standing.term is None]
+    return bool(followers) and all(e.pause_s() == e.timing.renew_every_s for e in followers)
+
+
 def spread(relays: list[Relay]) -> list[int]:
     """Return how many leases each relay holds."""
     return [len(held(r)) for r in relays]
@@ -72,6 +78,7 @@ async def test_projects_spread_over_replicas_and_a_failover_moves_only_the_dead_
     await until(lambda: sorted(spread(relays)) == [2, 2, 2], timeout_s=20)
     assert set().union(*(held(r) for r in relays)) == set(PROJECTS)
     assert [int(r.metrics.replicas._value.get()) for r in relays] == [3, 3, 3]
+    await until(lambda: all(followers_slowed(r) for r in relays), timeout_s=2)
     kept = {id(r): held(r) for r in relays[1:]}
     await first.stop(grace_s=1)
     await until(lambda: sorted(spread(relays[1:])) == [3, 3], timeout_s=3 * TTL_S)
