@@ -41,8 +41,7 @@ class Spreader:
         self._on_members = on_members
         self._electors: Sequence[Elector] = ()
         self._turns = asyncio.Lock()
-        self._opened = asyncio.Event()  # set (and replaced) when this replica may take a lease again
-        self._was_open = True
+        self._opened = asyncio.Event()  # set (and replaced) at each heartbeat while this replica may take a lease
         self.members = 1  # until the first heartbeat answers: this replica may take every lease (as a single replica would)
         self._task: asyncio.Task[None] | None = None
 
@@ -73,12 +72,15 @@ class Spreader:
             await asyncio.wait_for(self._opened.wait(), seconds)
 
     def _notice(self) -> None:
-        """Wake every sleeping follower when this replica may take a lease again, after it could not."""
-        open_now = may_take(self.held(), self.share)
-        if open_now and not self._was_open:
+        """Wake every sleeping follower while this replica may take a lease.
+
+        On every heartbeat, not only when the gate turns open: a follower whose turn began
+        before the opening decided "full" and went to sleep after the wake-up; the next
+        heartbeat wakes it (SIGTERM hand-overs once took a renewal period, 2 s, that way).
+        """
+        if may_take(self.held(), self.share):
             self._opened.set()
             self._opened = asyncio.Event()
-        self._was_open = open_now
 
     def start(self, electors: Sequence[Elector], *, hand_over: Callable[[Elector], Awaitable[None]]) -> None:
         """Start the heartbeat for these electors (the replica's projects)."""
