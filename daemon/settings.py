@@ -22,6 +22,7 @@ from pydantic_settings import BaseSettings, EnvSettingsSource, PydanticBaseSetti
 from pydantic_settings.sources.utils import parse_env_vars
 
 from daemon.errors import ConfigError
+from daemon.libpq import libpq_passwords
 from daemon.projects import ProjectSettings, ProjectSpec, check_project_name, resolve_projects
 from daemon.sink_settings import (
     _POSTGRES_FORM,
@@ -34,7 +35,7 @@ from daemon.sink_settings import (
     default_replica_id,
     reject_control_chars,
 )
-from daemon.urls import POSTGRES_SCHEMES, describe_postgres_url, parse_listen, postgres_password
+from daemon.urls import POSTGRES_SCHEMES, describe_postgres_url, parse_listen
 
 
 class RelaySettings(BaseSettings):
@@ -205,11 +206,10 @@ class RelaySettings(BaseSettings):
         )
 
     def secret_values(self, environ: Mapping[str, str] | None = None) -> list[str]:
-        """Return every secret string, for the log redactor (libpq's PGPASSWORD from ``environ``, by default the process's, as libpq reads it)."""
+        """Return every secret string, for the log redactor (libpq's PGPASSWORD and password file from ``environ``, by default the process's)."""
         values = [self.voucherify_app_token, self.webhook_secret, self.watch_token, *(p.app_token for p in self.projects.values())]
         if self.state_kind == "postgres":
-            libpq = os.environ if environ is None else environ
-            values += [SecretStr(p) for p in (postgres_password(self.state_url), libpq.get("PGPASSWORD")) if p]
+            values += [SecretStr(p) for p in libpq_passwords(self.state_url, os.environ if environ is None else environ)]
         for sink in self.all_sinks().values():
             values += [sink.secret, sink.token]
             # a sink URL is shown as display_url(); where that hides something, the hidden part may be a secret

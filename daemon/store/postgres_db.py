@@ -21,8 +21,9 @@ import psycopg
 from psycopg_pool import AsyncConnectionPool
 
 from daemon.errors import StoreError
+from daemon.libpq import libpq_passwords
 from daemon.store.postgres_schema import migrate, read_version
-from daemon.urls import describe_postgres_url, postgres_password
+from daemon.urls import describe_postgres_url
 
 APPLICATION_NAME = "voucherify-relay"
 SESSION_SETTINGS = {"idle_in_transaction_session_timeout": "5s", "statement_timeout": "10s"}
@@ -41,8 +42,8 @@ class PostgresDatabase:
     def __init__(self, url: str, *, min_size: int = 1, max_size: int = 4) -> None:
         self.url = url
         self.display = describe_postgres_url(url)
-        # libpq also takes the password from PGPASSWORD in the process environment; hide that one too
-        self._passwords = [p for p in (postgres_password(url), os.environ.get("PGPASSWORD")) if p]
+        # libpq also takes the password from PGPASSWORD or the password file; hide those too
+        self._passwords = libpq_passwords(url, os.environ)
         self._returned: weakref.WeakKeyDictionary[Connection, float] = weakref.WeakKeyDictionary()
         self._pool: AsyncConnectionPool[Connection] = AsyncConnectionPool(
             url,

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import pytest
+
 from tests.conftest import APP_TOKEN, PG_PASSWORD, WEBHOOK_SECRET, relay_env, until
 from tests.e2e.conftest import RelayProcess
 from tests.fakes.postgres_echo import echoing_postgres
@@ -31,11 +33,18 @@ async def test_no_secret_in_any_log_line(standin, receiver, tmp_path):
     assert "delivery.retry_scheduled" in logs
 
 
-async def test_pgpassword_is_never_shown_even_when_the_server_quotes_it(standin, receiver, tmp_path, run_cli):
-    """With PGPASSWORD set and a PostgreSQL server that quotes the received password in its refusal, `check` and `run` (debug logs) never show it."""
+@pytest.mark.parametrize("source", ["PGPASSWORD", "PGPASSFILE"])
+async def test_pgpassword_is_never_shown_even_when_the_server_quotes_it(standin, receiver, tmp_path, run_cli, source):
+    """With the password in PGPASSWORD or a password file, and a server that quotes it in its refusal, `check` and `run` (debug logs) never show it."""
     async with echoing_postgres() as (server, port):
         env = relay_env(tmp_path, standin, receiver, state_url=f"postgresql://relay@127.0.0.1:{port}/relay", log_level="debug")
-        env["PGPASSWORD"] = PG_PASSWORD
+        if source == "PGPASSWORD":
+            env["PGPASSWORD"] = PG_PASSWORD
+        else:
+            passfile = tmp_path / "pgpass"
+            passfile.write_text(f"# the relay's database\n127.0.0.1:{port}:relay:relay:{PG_PASSWORD}\n", encoding="utf-8")
+            passfile.chmod(0o600)
+            env["PGPASSFILE"] = str(passfile)
         code, out, err = await run_cli("check", env=env)
         assert code == 1, out + err
         assert "state: FAILED" in out

@@ -436,3 +436,14 @@ def test_a_named_sinks_secrets_can_come_from_files(tmp_path):
     assert settings.sinks["live"].wanted_events() == ("started", "completed", "failed", "stuck")
     assert APP_SLACK_TOKEN in settings.secret_values()
     assert APP_SLACK_TOKEN not in repr(settings)
+
+
+def test_every_password_in_the_password_file_is_hidden(tmp_path):
+    """Libpq's password file (PGPASSFILE) is read for the redactor: each line's password, with its escaped colons and backslashes undone."""
+    passfile = tmp_path / "pgpass"
+    passfile.write_text("# comment\ndb:5432:relay:relay:pass:with:colons-\\:x\n*:*:*:other:back\\\\slash-pw1\nbroken line\n", encoding="utf-8")
+    settings = load_settings({**base_env(tmp_path), "RELAY_STATE_URL": "postgresql://relay@db/relay"})
+    secrets = settings.secret_values({"PGPASSFILE": str(passfile)})
+    assert "pass:with:colons-:x" in secrets
+    assert "back\\slash-pw1" in secrets
+    assert not any("comment" in s or "broken" in s for s in secrets)
