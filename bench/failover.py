@@ -44,7 +44,8 @@ import psycopg
 
 from bench.common import APP_ID, APP_TOKEN, Section, base_parser, env_int, finish, fmt, markdown_table, receiver_process, sample_events
 from bench.common import relay_env as bench_env
-from bench.pg_database import bench_server_url, temp_database
+from bench.idle import processes_cpu_s
+from bench.pg_database import backends, bench_server_url, temp_database
 from bench.replica_set import Replica, ReplicaSet
 from bench.throughput import received, run_bare
 from daemon.demo.receiver import RecordingReceiver
@@ -196,8 +197,12 @@ async def wait_delivered(hook: RecordingReceiver, completed: list[str], *, timeo
         await asyncio.sleep(0.1)
 
 
-async def drain_rate(server: str, hook_url: str, *, events: int, replicas: int) -> float:
-    """Enqueue ``events`` in one transaction and return events/s from its commit until the receiver has them all, drained by ``replicas`` replicas."""
+async def drain_rate(server: str, hook_url: str, *, events: int, replicas: int) -> dict[str, float]:
+    """Enqueue ``events`` in one transaction; return the rate at which ``replicas`` replicas drain them, and CPU per event.
+
+    The rate is events/s from the commit until the receiver has them all; CPU is the replicas'
+    and the database backends', per event.
+    """
     standin = VoucherifyStandIn(app_id=APP_ID, app_token=APP_TOKEN)
     await standin.start()
     try:
@@ -205,14 +210,19 @@ async def drain_rate(server: str, hook_url: str, *, events: int, replicas: int) 
             env = bench_env(tempfile.gettempdir(), standin.base_url, hook_url, {"RELAY_STATE_URL": url, "RELAY_LOG_LEVEL": "info"})
             async with replica_set(env, replicas) as running:
                 await running.next_leader()
+                await asyncio.sleep(1.0)  # every replica connected and idle
+                pids = [r.proc.pid for r in running.replicas if r.proc is not None]
                 store = await open_postgres(url)
+                pg = backends(url)
                 before = received(hook_url)
                 await store.actions.commit_cycle(CycleResult(snapshots=[], events=[(e, ["webhook"]) for e in sample_events(events)]), now=time.time())
-                started = time.perf_counter()  # from the commit (rows visible, NOTIFY sent): the enqueue is not the deliverers' cost
-                await store.close()
+                # from the commit (rows visible, NOTIFY sent): the enqueue is not the deliverers' cost
+                started, c0, p0 = time.perf_counter(), processes_cpu_s(pids), processes_cpu_s(pg)
                 while received(hook_url) - before < events:  # noqa: ASYNC110 - another process receives
-                    await asyncio.sleep(0.05)
-                return events / (time.perf_counter() - started)
+                    await asyncio.sleep(0.02)
+                wall, cpu, pg_cpu = time.perf_counter() - started, processes_cpu_s(pids) - c0, processes_cpu_s(pg) - p0
+                await store.close()
+                return {"events_per_s": events / wall, "cpu_us": cpu * 1e6 / events, "db_us": pg_cpu * 1e6 / events}
     finally:
         await standin.close()
 
@@ -222,8 +232,8 @@ async def throughput(server: str, *, events: int) -> dict[str, float]:
     with receiver_process() as hook_url:
         bodies = [e.body() for e in sample_events(events)]
         bare = (await run_bare(hook_url, bodies, concurrency=4))["events_per_s"]
-        one = await drain_rate(server, hook_url, events=events, replicas=1)
-        three = await drain_rate(server, hook_url, events=events, replicas=3)
+        one = (await drain_rate(server, hook_url, events=events, replicas=1))["events_per_s"]
+        three = (await drain_rate(server, hook_url, events=events, replicas=3))["events_per_s"]
     return {"bare": bare, "one": one, "three": three}
 
 

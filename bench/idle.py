@@ -66,6 +66,15 @@ def cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / CLK_TCK  # utime, stime: fields 14 and 15 of stat(5)
 
 
+def processes_cpu_s(pids: list[int]) -> float:
+    """Return the CPU time these processes have used so far; a process that is gone counts 0."""
+    total = 0.0
+    for pid in pids:
+        with contextlib.suppress(OSError):
+            total += cpu_seconds(pid)
+    return total
+
+
 def peak_rss_kib(pid: int) -> int:
     """Return VmHWM (peak resident set) in KiB."""
     for line in Path(f"/proc/{pid}/status").read_text().splitlines():

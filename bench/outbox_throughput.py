@@ -21,10 +21,8 @@ the CPU time of the database's backends serving that database (from /proc, by th
 from __future__ import annotations
 
 import asyncio
-import os
 import statistics
 import sys
-import tempfile
 import time
 from pathlib import Path
 from typing import Any
@@ -33,12 +31,9 @@ if __package__ in (None, ""):
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import aiohttp
-import psycopg
 from pydantic import SecretStr
 
 from bench.common import (
-    APP_ID,
-    APP_TOKEN,
     WEBHOOK_SECRET,
     Section,
     base_parser,
@@ -50,12 +45,11 @@ from bench.common import (
     receiver_process,
     sample_events,
 )
-from bench.common import relay_env as bench_env
-from bench.failover import replica_set
-from bench.pg_database import bench_server_url, temp_database
+from bench.failover import drain_rate
+from bench.idle import processes_cpu_s
+from bench.pg_database import backends, bench_server_url, temp_database
 from bench.throughput import received, run_bare, run_dispatcher
 from daemon.delivery_policy import DeliveryPolicy
-from daemon.demo.standin import VoucherifyStandIn
 from daemon.outbox import Dispatcher
 from daemon.sink_settings import SinkSettings
 from daemon.sinks.webhook import WebhookSink
@@ -73,25 +67,6 @@ LABELS = {
 }
 
 
-def cpu_s(pids: list[int]) -> float:
-    """Return the CPU time (user + system) these processes have used so far; a process gone counts 0."""
-    total = 0
-    for pid in pids:
-        try:
-            fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-        except OSError:
-            continue
-        total += int(fields[11]) + int(fields[12])  # utime, stime
-    return total / os.sysconf("SC_CLK_TCK")
-
-
-def backends(url: str) -> list[int]:
-    """Return the pids of the PostgreSQL backends connected to the database of ``url`` (this query's own left out)."""
-    with psycopg.connect(url, autocommit=True) as conn:
-        rows = conn.execute("SELECT pid FROM pg_stat_activity WHERE datname = current_database() AND pid <> pg_backend_pid()").fetchall()
-    return [row[0] for row in rows]
-
-
 async def run_postgres_dispatcher(server: str, url: str, events: list[Any]) -> dict[str, float]:
     """Enqueue the events in one transaction on a fresh database; return the in-process Dispatcher's rate and CPU per event."""
     with temp_database(server, prefix="relay_bench") as db_url:
@@ -102,9 +77,9 @@ async def run_postgres_dispatcher(server: str, url: str, events: list[Any]) -> d
                 spec = SinkSettings(kind="webhook", url=SecretStr(url), secret=SecretStr(WEBHOOK_SECRET), max_concurrency=CONCURRENCY)
                 dispatcher = Dispatcher(store=stores.outbox, sinks={"webhook": WebhookSink("webhook", spec, session)}, policy=DeliveryPolicy())
                 pg = backends(db_url)
-                before, started, c0, p0 = received(url), time.perf_counter(), time.process_time(), cpu_s(pg)
+                before, started, c0, p0 = received(url), time.perf_counter(), time.process_time(), processes_cpu_s(pg)
                 await asyncio.wait_for(dispatcher.dispatch_once(), 300)
-                wall, cpu, pg_cpu = time.perf_counter() - started, time.process_time() - c0, cpu_s(pg) - p0
+                wall, cpu, pg_cpu = time.perf_counter() - started, time.process_time() - c0, processes_cpu_s(pg) - p0
                 got = received(url) - before
         finally:
             await stores.close()
@@ -112,31 +87,6 @@ async def run_postgres_dispatcher(server: str, url: str, events: list[Any]) -> d
         msg = f"postgres dispatcher: receiver got {got}/{len(events)}"
         raise RuntimeError(msg)
     return {"events_per_s": len(events) / wall, "cpu_us": cpu * 1e6 / len(events), "db_us": pg_cpu * 1e6 / len(events)}
-
-
-async def drain_replicas(server: str, hook_url: str, *, events: int, replicas: int) -> dict[str, float]:
-    """Enqueue ``events`` in one transaction; return events/s from its commit until the receiver has them all, and CPU per event."""
-    standin = VoucherifyStandIn(app_id=APP_ID, app_token=APP_TOKEN)
-    await standin.start()
-    try:
-        with temp_database(server, prefix="relay_bench") as url:
-            env = bench_env(tempfile.gettempdir(), standin.base_url, hook_url, {"RELAY_STATE_URL": url, "RELAY_LOG_LEVEL": "info"})
-            async with replica_set(env, replicas) as running:
-                await running.next_leader()
-                await asyncio.sleep(1.0)  # every replica connected and idle
-                pids = [r.proc.pid for r in running.replicas if r.proc is not None]
-                store = await open_postgres(url)
-                pg = backends(url)
-                before = received(hook_url)
-                await store.actions.commit_cycle(CycleResult(snapshots=[], events=[(e, ["webhook"]) for e in sample_events(events)]), now=time.time())
-                started, c0, p0 = time.perf_counter(), cpu_s(pids), cpu_s(pg)
-                while received(hook_url) - before < events:  # noqa: ASYNC110 - another process receives
-                    await asyncio.sleep(0.02)
-                wall, cpu, pg_cpu = time.perf_counter() - started, cpu_s(pids) - c0, cpu_s(pg) - p0
-                await store.close()
-                return {"events_per_s": events / wall, "cpu_us": cpu * 1e6 / events, "db_us": pg_cpu * 1e6 / events}
-    finally:
-        await standin.close()
 
 
 async def one_round(server: str, url: str, *, events: int) -> dict[str, dict[str, float]]:
@@ -147,8 +97,8 @@ async def one_round(server: str, url: str, *, events: int) -> dict[str, dict[str
     sqlite = await run_dispatcher(url, batch, concurrency=CONCURRENCY)
     figures["sqlite"] = {"events_per_s": sqlite["events_per_s"], "cpu_us": sqlite["cpu_ms_per_event"] * 1000, "db_us": 0.0}
     figures["postgres"] = await run_postgres_dispatcher(server, url, batch)
-    figures["one"] = await drain_replicas(server, url, events=events, replicas=1)
-    figures["three"] = await drain_replicas(server, url, events=events, replicas=3)
+    figures["one"] = await drain_rate(server, url, events=events, replicas=1)
+    figures["three"] = await drain_rate(server, url, events=events, replicas=3)
     return figures
 
 

@@ -36,3 +36,10 @@ def bench_server_url() -> str:
     if not url:
         sys.exit("set RELAY_BENCH_POSTGRES_URL (or RELAY_TEST_POSTGRES_URL) to a PostgreSQL server, e.g. postgresql://postgres@127.0.0.1:5432/test")
     return url
+
+
+def backends(url: str) -> list[int]:
+    """Return the pids of the PostgreSQL backends connected to the database of ``url`` (this query's own left out)."""
+    with psycopg.connect(url, autocommit=True) as conn:
+        rows = conn.execute("SELECT pid FROM pg_stat_activity WHERE datname = current_database() AND pid <> pg_backend_pid()").fetchall()
+    return [row[0] for row in rows]
