@@ -11,9 +11,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
-import os
 import signal
-import socket
 import sys
 import time
 import urllib.request
@@ -21,22 +19,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
-LOCALHOST = "127.0.0.1"
-
-
-def free_port() -> int:
-    """Return a TCP port nobody listens on right now."""
-    with socket.socket() as sock:
-        sock.bind((LOCALHOST, 0))
-        return int(sock.getsockname()[1])
-
-
-def child_env(extra: dict[str, str]) -> dict[str, str]:
-    """Return a clean environment for a replica: no RELAY_* from the caller, unbuffered output."""
-    env = {k: v for k, v in os.environ.items() if not k.startswith("RELAY_")}
-    env["PYTHONUNBUFFERED"] = "1"
-    env.update(extra)
-    return env
+from bench.common import LOCALHOST, child_env, free_port
 
 
 @dataclass
