@@ -7,7 +7,6 @@ or sinks as arguments instead of reaching into a running relay.
 
 from __future__ import annotations
 
-import dataclasses
 import time
 from collections.abc import Callable, Mapping
 from contextlib import AsyncExitStack
@@ -177,8 +176,20 @@ async def build_relay(
             )
             projects.append(built)
         sinks = sinks or build_sinks(settings, session, messages=stores.messages, clock=clock)
-        parts = _assemble(settings, clock=clock, lock=lock, stores=stores, session=session, sinks=sinks, metrics=metrics)
-        parts = dataclasses.replace(parts, projects=tuple(projects), lease_store=lease_store, spreader=spreader)
+        parts = Parts(
+            settings=settings,
+            clock=clock,
+            lock=lock,
+            stores=stores,
+            session=session,
+            sinks=sinks,
+            projects=tuple(projects),
+            lease_store=lease_store,
+            dispatcher=_dispatcher(settings, stores=stores, sinks=sinks, metrics=metrics, clock=clock),
+            metrics=metrics,
+            live_sinks=tuple(s for s in sinks.values() if isinstance(s, SlackAppSink)),
+            spreader=spreader,
+        )
         undo.pop_all()
     return Relay(parts, auth_backoff_s=auth_backoff_s)
 
@@ -220,31 +231,9 @@ async def _build_project(
     return ProjectParts(name=name, settings=settings, stores=scoped, client=client, poller=poller, elector=elector)
 
 
-def _assemble(
-    settings: RelaySettings,
-    *,
-    clock: Callable[[], float],
-    lock: InstanceLock | None,
-    stores: Stores,
-    session: aiohttp.ClientSession,
-    sinks: Mapping[str, Sink],
-    metrics: RelayMetrics,
-) -> Parts:
-    """Build the shared parts (dispatcher, policy); the caller adds the projects, their lease store and the spreader."""
+def _dispatcher(settings: RelaySettings, *, stores: Stores, sinks: Mapping[str, Sink], metrics: RelayMetrics, clock: Callable[[], float]) -> Dispatcher:
+    """Build the dispatcher the projects share, with the delivery policy the settings describe."""
     policy = DeliveryPolicy(max_delay_s=settings.delivery_retry_max_delay, max_age_s=settings.delivery_max_age.total_seconds())
-    dispatcher = Dispatcher(
+    return Dispatcher(
         store=stores.outbox, sinks=sinks, policy=policy, clock=clock, on_result=metrics.delivery_result, on_store_failed=metrics.store_write_failed
-    )
-    return Parts(
-        settings=settings,
-        clock=clock,
-        lock=lock,
-        stores=stores,
-        session=session,
-        sinks=sinks,
-        projects=(),
-        lease_store=SqliteLeaseStore(),
-        dispatcher=dispatcher,
-        metrics=metrics,
-        live_sinks=tuple(s for s in sinks.values() if isinstance(s, SlackAppSink)),
     )

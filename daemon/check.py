@@ -24,8 +24,9 @@ async def run_check(settings: RelaySettings) -> int:
 
     With several projects every project's line names it (``voucherify (project eu): ...``).
     """
-    projects = settings.all_projects()
+    projects = {name: settings.for_project(project) for name, project in settings.all_projects().items()}
     several = len(projects) > 1
+    labels = {name: f" (project {name})" if several else "" for name in projects}
     if several:
         print(f"configuration: ok (state {settings.state_display()}; {len(projects)} projects: {', '.join(projects)})")
     else:
@@ -36,16 +37,13 @@ async def run_check(settings: RelaySettings) -> int:
         print(f"sink {name}: {sink.kind} {sink.display_url()}{'' if sink.kind != 'webhook' or sink.secret else ' (unsigned: set a secret)'}")
     if not sinks:
         print("sinks: none configured: `run` needs RELAY_WEBHOOK_URL or RELAY_SINKS__<NAME>__KIND/URL")
-    for name, project in projects.items():
-        print_cost(settings.for_project(project), label=f" (project {name})" if several else "")
+    for name, scoped in projects.items():
+        print_cost(scoped, label=labels[name])
     state_ok, state_line = await describe_state(settings)
     print(state_line)
     async with aiohttp.ClientSession() as session:
         slack_status = await check_slack_apps(settings, session)
-        results = [
-            await check_project(settings.for_project(project), name, session, label=f" (project {name})" if several else "")
-            for name, project in projects.items()
-        ]
+        results = [await check_project(scoped, name, session, label=labels[name]) for name, scoped in projects.items()]
     failed = EX_CONFIG if EX_CONFIG in results else max(results, default=0)
     return (failed or slack_status or (0 if state_ok else 1)) if sinks else 1
 
