@@ -10,18 +10,23 @@ it has finished, the ``updated_at`` of its finish:
   the square-root law: ``RELAY_IDLE_POLL_INTERVAL x sqrt(REFERENCE_PER_HOUR / rate)``, within
   [RELAY_POLL_INTERVAL, ``MAX_IDLE_FACTOR`` x RELAY_IDLE_POLL_INTERVAL]. The rate counts the
   new actions seen over the last ``WINDOW_S`` plus a prior of ``REFERENCE_PER_HOUR`` weighing
-  as ``PRIOR_S`` of observation, so a relay that has just started polls at
-  RELAY_IDLE_POLL_INTERVAL and moves from there as it learns. ``REFERENCE_PER_HOUR`` (one
-  every three hours) was chosen by measurement on the two simulated days of
-  ``bench.pacing_curve`` (docs/performance.md): it is a trade-off, not a law.
+  as ``PRIOR_S`` of observation. ``REFERENCE_PER_HOUR`` (one every two hours) was chosen by
+  measurement on the two simulated days of ``bench.pacing_curve`` over 40 seeds each
+  (docs/performance.md): it is a trade-off, not a law.
 - **How long actions take.** ``updated_at - created_at`` of actions the relay saw finish:
   an in-flight action that reports no progress is polled at the fast pace while it is
   younger than most finished actions were (``DURATION_QUANTILE``), since that is when it
   is likely to finish; older ones back off (:mod:`daemon.progress`).
+
+Where the learning starts: the first poll of a new state database reads the last day of
+the list (the baseline), and that day is learned at once, as if watched (``Seen.since``).
+After that the history is saved with the project's state (``to_text``/``from_text``) each
+time it changes, so a restart or a new leader carries on from it instead of the prior.
 """
 
 from __future__ import annotations
 
+import json
 import math
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -29,7 +34,7 @@ from dataclasses import dataclass
 from daemon.model import ActionSnapshot, parse_timestamp
 
 WINDOW_S = 86400.0  # a day of arrivals
-REFERENCE_PER_HOUR = 1 / 3  # one new action every three hours: the rate at which the idle interval is RELAY_IDLE_POLL_INTERVAL
+REFERENCE_PER_HOUR = 0.5  # one new action every two hours: the rate at which the idle interval is RELAY_IDLE_POLL_INTERVAL
 PRIOR_S = 2 * 3600.0
 MAX_IDLE_FACTOR = 2.0
 MAX_SAMPLES = 500
@@ -41,8 +46,9 @@ DURATION_QUANTILE = 0.9
 class Seen:
     """What the list showed this cycle: new actions' creation, finished actions' durations (epoch seconds)."""
 
-    created: tuple[float, ...] = ()  # created_at of actions first seen this cycle (not the baseline's)
-    durations_s: tuple[float, ...] = ()  # updated_at - created_at of actions seen finishing this cycle
+    created: tuple[float, ...] = ()  # created_at of actions first seen this cycle (on a baseline: every listed action's)
+    durations_s: tuple[float, ...] = ()  # updated_at - created_at of actions seen finishing this cycle (on a baseline: every finished one's)
+    since: float | None = None  # a baseline: the start of the window the list was read over (it counts as watched)
 
 
 @dataclass(frozen=True, slots=True)
@@ -56,9 +62,10 @@ class History:
 
 def learn(history: History, seen: Seen, *, now: float) -> History:
     """Return the history after a cycle: arrivals older than the window drop out, both lists stay bounded."""
-    created = tuple(t for t in (*history.created, *seen.created) if now - t <= WINDOW_S)[-MAX_SAMPLES:]
+    created = tuple(sorted(t for t in (*history.created, *seen.created) if now - t <= WINDOW_S))[-MAX_SAMPLES:]
     durations = (*history.durations_s, *(d for d in seen.durations_s if d >= 0))[-MAX_SAMPLES:]
-    return History(since=now if history.since is None else history.since, created=created, durations_s=durations)
+    since = history.since if history.since is not None else (now if seen.since is None else min(seen.since, now))
+    return History(since=since, created=created, durations_s=durations)
 
 
 def rate_per_hour(history: History, *, now: float) -> float:
@@ -82,16 +89,43 @@ def typical_duration_s(history: History) -> float | None:
     return ordered[min(len(ordered) - 1, math.ceil(DURATION_QUANTILE * len(ordered)) - 1)]
 
 
+def to_text(history: History) -> str:
+    """Return the history as stored with the project's state (JSON, rounded to the second)."""
+    return json.dumps({"since": history.since, "created": [round(t) for t in history.created], "durations_s": [round(d, 1) for d in history.durations_s]})
+
+
+def from_text(text: str | None) -> History | None:
+    """Return a stored history, or None for nothing stored or anything unreadable (the relay then starts from the prior)."""
+    try:
+        data = json.loads(text or "")
+        since, created, durations = data["since"], data["created"], data["durations_s"]
+        if not isinstance(created, list) or not isinstance(durations, list):
+            return None
+        history = History(
+            since=None if since is None else float(since),
+            created=tuple(float(t) for t in created)[-MAX_SAMPLES:],
+            durations_s=tuple(float(d) for d in durations if float(d) >= 0)[-MAX_SAMPLES:],
+        )
+    except (ValueError, TypeError, KeyError, OverflowError):
+        return None
+    finite = [history.since or 0.0, *history.created, *history.durations_s]
+    return history if all(math.isfinite(v) for v in finite) else None
+
+
 def durations_from(pairs: Iterable[tuple[float | None, float | None]]) -> tuple[float, ...]:
     """Return ``updated - created`` for each (created, updated) pair that has both."""
     return tuple(u - c for c, u in pairs if c is not None and u is not None)
 
 
-def seen_from(*, new: Iterable[ActionSnapshot], finished: Iterable[ActionSnapshot]) -> Seen:
-    """Return what a cycle teaches: the creation of actions first seen, the durations of actions seen finishing."""
+def seen_from(*, new: Iterable[ActionSnapshot], finished: Iterable[ActionSnapshot], since: float | None = None) -> Seen:
+    """Return what a cycle teaches: the creation of actions first seen, the durations of actions seen finishing.
+
+    ``since``: this was a baseline read over the window from ``since`` to now.
+    """
     created = (_epoch(s.created_at) for s in new)
     pairs = ((_epoch(s.created_at), _epoch(s.updated_at)) for s in finished)
-    return Seen(created=tuple(t for t in created if t is not None), durations_s=durations_from(pairs))
+    in_window = tuple(t for t in created if t is not None and (since is None or t >= since))
+    return Seen(created=in_window, durations_s=durations_from(pairs), since=since)
 
 
 def _epoch(text: str | None) -> float | None:

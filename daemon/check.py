@@ -6,11 +6,13 @@ import time
 
 import aiohttp
 
+from daemon.arrivals import from_text, rate_per_hour, typical_duration_s
+from daemon.arrivals import idle_interval_s as learned_idle_s
 from daemon.bootstrap import build_client, build_sinks, open_stores
 from daemon.cadence import Cadence, estimate_cost, plan_report
 from daemon.errors import AuthError, ConfigError, RedirectError, StoreError, VoucherifyError
 from daemon.monthly import billing_cycle, expected_detection_s, idle_interval_s
-from daemon.poll_loop import cadence_for
+from daemon.poll_loop import PACING_HISTORY, cadence_for
 from daemon.projects import project_variable
 from daemon.settings import RelaySettings
 from daemon.sinks.slack_app import SlackAppSink
@@ -31,6 +33,8 @@ async def run_check(settings: RelaySettings) -> int:
         print(f"configuration: ok (state {settings.state_display()}; {len(projects)} projects: {', '.join(projects)})")
     else:
         pace = f"poll every {settings.poll_interval:g}s while busy, {settings.idle_poll_interval:g}s when idle"
+        if settings.pacing == "progress":
+            pace = f"poll near each estimated finish, at most every {settings.poll_interval:g}s; {settings.idle_poll_interval:g}s when idle, as arrivals allow"
         print(f"configuration: ok (state {settings.state_display()}; {pace})")
     sinks = settings.all_sinks()
     for name, sink in sinks.items():
@@ -41,6 +45,9 @@ async def run_check(settings: RelaySettings) -> int:
         print_cost(scoped, label=labels[name])
     state_ok, state_line = await describe_state(settings)
     print(state_line)
+    if state_ok and settings.pacing == "progress":
+        for line in await describe_learning(projects, labels, state=settings):
+            print(line)
     async with aiohttp.ClientSession() as session:
         slack_status = await check_slack_apps(settings, session)
         results = [await check_project(scoped, name, session, label=labels[name]) for name, scoped in projects.items()]
@@ -78,6 +85,36 @@ async def check_slack_apps(settings: RelaySettings, session: aiohttp.ClientSessi
             print(f"sink {name}: {'ok' if ok else 'FAILED' if ok is False else 'note'}: {line}")
             status = EX_CONFIG if ok is False else status
     return status
+
+
+async def describe_learning(projects: dict[str, RelaySettings], labels: dict[str, str], *, state: RelaySettings) -> list[str]:
+    """Say, per project, what progress pacing has learned (kept with the state) and the idle interval it gives now."""
+    if state.state_kind == "sqlite" and not state.state_path.exists():
+        return []
+    try:
+        stores = await open_stores(state, mode="ro")
+    except StoreError:
+        return []  # describe_state has said why
+    lines = []
+    try:
+        for name, scoped in projects.items():
+            history = from_text(await stores.for_project(name).actions.load_meta(PACING_HISTORY))
+            if history is None:
+                lines.append(f"pacing{labels[name]}: nothing learned yet: the first poll reads the list's last day to learn from")
+                continue
+            now = time.time()
+            idle_s = learned_idle_s(history, now=now, idle_s=scoped.idle_poll_interval, fast_s=scoped.poll_interval)
+            typical = typical_duration_s(history)
+            lines.append(
+                f"pacing{labels[name]}: learned {rate_per_hour(history, now=now):.2g} new actions an hour over the last day"
+                f"{'' if typical is None else f', most finishing within {typical:,.0f}s'}: idle poll every {idle_s:,.0f}s now; "
+                f"a new action is noticed {expected_detection_s(idle_s):,.0f}s after it starts on average (POST /watch makes it immediate)"
+            )
+    except StoreError as exc:
+        lines.append(f"pacing: could not read what was learned: {exc}")
+    finally:
+        await stores.close()
+    return lines
 
 
 async def describe_state(settings: RelaySettings) -> tuple[bool, str]:
@@ -123,6 +160,12 @@ def print_cost(settings: RelaySettings, *, label: str = "") -> None:
 def print_monthly(settings: RelaySettings, cadence: Cadence, *, label: str = "") -> float | None:
     """Print the idle interval RELAY_API_BUDGET_PER_MONTH gives over a whole billing cycle; return it (None: no monthly budget)."""
     budget = settings.api_budget_per_month
+    if budget is None and settings.pacing == "progress":
+        print(
+            f"pacing{label}: progress; idle poll every {cadence.idle_s:g}s at one new action every two hours, shorter as more arrive "
+            f"(a new action is then noticed {expected_detection_s(cadence.idle_s):g}s after it starts on average)"
+        )
+        return None
     if budget is None:
         print(f"pacing{label}: {settings.pacing}; a new action is noticed {expected_detection_s(cadence.idle_s):g}s after it starts on average (idle polls)")
         return None

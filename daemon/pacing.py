@@ -14,7 +14,7 @@ from dataclasses import dataclass, field, replace
 
 from daemon.arrivals import History, Seen, idle_interval_s, learn, typical_duration_s
 from daemon.cadence import Cadence, Decision, is_busy, last_activity, next_poll
-from daemon.progress import Observed, Track, observe, wait_s
+from daemon.progress import Observed, Track, observe, past_finishes, wait_s
 
 AUTH_BACKOFF_S = (60.0, 900.0)  # first pause after a 401/403, and its ceiling: doubles per refusal
 
@@ -71,16 +71,22 @@ def succeeded(pacing: Pacing, facts: CycleFacts, *, cadence: Cadence, now: float
 def _progress_paced(pacing: Pacing, facts: CycleFacts, *, cadence: Cadence, now: float) -> tuple[Pacing, Decision]:
     """Poll just after the earliest estimated finish, idle as the arrival rate asks (never under a monthly budget's interval).
 
-    Only a wake-up or an owed list backlog brings the plain fast pace.
+    Actions without an estimate are followed at the fast pace, times as much as a monthly
+    budget lengthens the idle interval: a budget that only stretched the idle polls would
+    spend itself following them. Only a wake-up or an owed list backlog brings the plain
+    fast pace.
     """
     history = learn(pacing.history, facts.seen, now=now)
     idle = idle_interval_s(history, now=now, idle_s=cadence.idle_s, fast_s=cadence.fast_s)
+    binds = max(1.0, (facts.idle_s or 0.0) / idle)  # a monthly budget's idle interval over the rate's: how much it binds
     cadence = cadence.with_idle(max(idle, facts.idle_s or 0.0))
     tracks = observe(pacing.tracks, facts.observed, now=now)
     busy = facts.backlog_owed or is_busy(cadence, now=now, last_activity_at=pacing.last_activity_at)
     new_s = max(cadence.cooldown_s, typical_duration_s(history) or 0.0)
-    wanted = wait_s(tracks, now=now, fast_s=cadence.fast_s, idle_s=cadence.idle_s, new_s=new_s)
+    follow_s = min(cadence.fast_s * binds, cadence.idle_s)  # a binding budget slows the following of silent actions as much
+    wanted = wait_s(tracks, now=now, fast_s=cadence.fast_s, idle_s=cadence.idle_s, new_s=new_s, follow_s=follow_s)
     decision = next_poll(cadence, busy=busy, remaining=facts.remaining, limit=facts.limit, wanted_s=wanted)
+    decision = replace(decision, interval_s=past_finishes(decision.interval_s, tracks, now=now, fast_s=cadence.fast_s))
     return replace(pacing, interval_s=decision.interval_s, reason=decision.reason, auth_failures=0, tracks=tracks, history=history), decision
 
 

@@ -11,10 +11,11 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import structlog
 
+from daemon.arrivals import from_text, to_text
 from daemon.budget import WINDOW_S
 from daemon.cadence import Cadence
 from daemon.errors import AuthError, BudgetExhaustedError, LeaseLostError, RateLimitedError, StoreError, VoucherifyError
@@ -32,6 +33,7 @@ from daemon.voucherify import VoucherifyClient
 log = structlog.get_logger("daemon.app")
 BLOCKED_UNTIL = "api_blocked_until"  # a 429's Retry-After deadline, kept across restarts
 CYCLE_CALLS = "api_calls_this_cycle"  # "<billing cycle start> <requests>", with RELAY_API_BUDGET_PER_MONTH
+PACING_HISTORY = "pacing_history"  # progress pacing's learned arrivals and durations (daemon.arrivals.to_text)
 
 
 @dataclass(frozen=True, slots=True)
@@ -121,15 +123,21 @@ class PollLoop:
         return wake_at
 
     async def resume_shared_limits(self) -> None:
-        """Start from the shared request log and Retry-After (a new leader), so the hourly budget holds across replicas."""
+        """Start from the shared request log and Retry-After (a new leader), so the hourly budget holds across replicas.
+
+        Progress pacing also resumes what the last leader had learned of arrivals and durations.
+        """
         try:
             history = await self._stores.calls.since(self._clock() - WINDOW_S)
             blocked_until = float(await self._stores.actions.load_meta(BLOCKED_UNTIL) or 0)
+            learned = from_text(await self._stores.actions.load_meta(PACING_HISTORY)) if self.cadence.pacing == "progress" else None
         except StoreError as exc:
             log.error("lease.resume_failed", caused_by=str(exc), hint="polls wait until the state database answers")
             return
         self._client.resume(history=history, blocked_until=blocked_until)
         self._saved_blocked_until = self._client.blocked_until
+        if learned is not None:
+            self.pacing = replace(self.pacing, history=learned)
 
     async def _settle_requests(self) -> None:
         """Count the cycle's requests, and persist what must outlive a restart: their times (budgets) and a Retry-After."""
@@ -186,12 +194,21 @@ class PollLoop:
 
     async def _pace(self, report: PollReport) -> float:
         """Return when the next poll runs per RELAY_PACING, never faster than the budgets allow."""
-        now, before = self._clock(), self.pacing.reason
+        now, before, learned = self._clock(), self.pacing.reason, self.pacing.history
         facts = cycle_facts(report, self._client, idle_s=await self._monthly_idle_s(now))
         self.pacing, decision = succeeded(self.pacing, facts, cadence=self.cadence, now=now)
         if decision.reason != before:
             _log_pace(decision.reason, decision.interval_s, client=self._client)
+        if self.pacing.history != learned:
+            await self._save_history()
         return now + decision.interval_s
+
+    async def _save_history(self) -> None:
+        """Keep what pacing has learned with the project's state, for a restart or the next leader (best-effort)."""
+        try:
+            await self._stores.actions.save_meta(PACING_HISTORY, to_text(self.pacing.history))
+        except StoreError as exc:
+            log.error("poll.store_failed", caused_by=str(exc), hint="pacing's learning is kept in memory only")
 
     def cancel_progress(self) -> None:
         """Drop a progress update still running (shutdown: progress is best-effort)."""

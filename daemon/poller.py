@@ -126,7 +126,8 @@ class Poller:
         made = tuple(event for event, _ in result.events)
         report = self._report(window, cursor, current=[*listed, *owed, *rechecked], events=made, kept=len(kept), calls_before=calls_before)
         new, finished = [c.snapshot for c in kept if c.previous is None], [c.snapshot for c in kept if c.snapshot.terminal]
-        return replace(report, seen=Seen() if cursor.first_run else seen_from(new=new, finished=finished))
+        since = _baseline_since(listed, window, plan.horizon) if cursor.first_run else None
+        return replace(report, seen=seen_from(new=new, finished=finished, since=since))
 
     def _plan(self, cursor: Cursor, *, now: datetime) -> ListPlan:
         newest_seen = min(parse_timestamp(cursor.newest_created_at) or now, now)  # an entry dated in the future must not hide later ones
@@ -299,3 +300,11 @@ def _pages_owed(window_s: float | None, page_span_s: float | None) -> int | None
     if not page_span_s:
         return 1
     return max(1, math.ceil(window_s / page_span_s))
+
+
+def _baseline_since(listed: Sequence[ActionSnapshot], window: ListWindow, horizon: datetime) -> float:
+    """Return where a baseline's reading began: the horizon, or the oldest entry it reached when the page cap stopped it."""
+    if window.backlog is None:
+        return horizon.timestamp()
+    moments = [m.timestamp() for s in listed if (m := parse_timestamp(s.created_at)) is not None]
+    return min(moments, default=horizon.timestamp())

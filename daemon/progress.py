@@ -7,12 +7,14 @@ Every poll the list shows each in-flight action's ``progress`` (0-100) and its o
 progress and the ``updated_at`` it was reached at). A linear rate between them gives an
 estimated finish; no movement, or no usable timestamps, gives none.
 
-``wait_s`` turns the tracks into the wait before the next poll: just after the earliest
-estimated finish, the fast pace for an action that has no estimate yet and is younger
-than ``new_s`` (a minute, or the duration most finished actions stayed under, see
-:mod:`daemon.arrivals`), and for older ones without an estimate (types that jump from 0 to
-100) a geometric back-off: half the action's age, so the polls fall at ages t, 1.5 t,
-2.25 t...; always within [fast, idle].
+``wait_s`` turns the tracks into the wait before the next poll: a third of a fast interval
+after the earliest estimated finish, the fast pace for an action that has no estimate yet
+and is younger than ``new_s`` (a minute, or the duration most finished actions stayed
+under, see :mod:`daemon.arrivals`), and for older ones without an estimate (types that
+jump from 0 to 100) a back-off: half the time since ``new_s``, so the waits grow from the
+fast pace as the action outlives what was typical; always within [fast, idle].
+``past_finishes`` then moves a poll that would land just before an estimated finish to
+just after it.
 
 The samples' moments are Voucherify's timestamps, compared with the relay's clock: an
 NTP-synchronised host is seconds off at most, and the fast bound absorbs that.
@@ -25,8 +27,10 @@ from dataclasses import dataclass, replace
 
 from daemon.model import ActionSnapshot, parse_timestamp
 
-BACKOFF_SHARE = 0.5  # an action without an estimate is polled again after half its age
-FINISH_MARGIN_SHARE = 1 / 6  # aim a sixth of a fast interval after the estimate (5 s at 30 s): a poll just before the finish costs a fast interval more
+BACKOFF_SHARE = 0.5  # an action without an estimate, past the typical duration, is polled again after half the time since
+# aim a third of a fast interval after the estimate: a poll just before the finish costs a fast interval more, and
+# the estimate is often early by seconds (an action queued at 0% for a while, then moving faster than it looked)
+FINISH_MARGIN_SHARE = 1 / 3
 DONE = 100.0
 
 
@@ -88,19 +92,36 @@ def _advance(track: Track | None, seen: Observed, *, now: float) -> Track:
     return replace(track, latest_at=at, latest_progress=progress)
 
 
-def action_wait_s(track: Track, *, now: float, fast_s: float, idle_s: float, new_s: float) -> float:
-    """Return how long this action lets the relay wait, within [fast_s, idle_s] (``new_s``: fast while younger)."""
+def action_wait_s(track: Track, *, now: float, fast_s: float, idle_s: float, new_s: float, follow_s: float | None = None) -> float:
+    """Return how long this action lets the relay wait, within [fast_s, idle_s] (``new_s``: followed while younger).
+
+    ``follow_s``: the pace for an action without an estimate while it is young (default: the fast pace).
+    """
     finish = track.finish_at()
     if finish is not None:
-        wait = finish - now + fast_s * FINISH_MARGIN_SHARE
-    elif now - track.first_seen_at < new_s:
-        wait = fast_s
-    else:
-        wait = (now - track.first_seen_at) * BACKOFF_SHARE
-    return min(max(wait, fast_s), idle_s)
+        return min(max(finish - now + fast_s * FINISH_MARGIN_SHARE, fast_s), idle_s)
+    past_new_s = now - track.first_seen_at - new_s  # negative while young: the follow pace
+    return min(max(past_new_s * BACKOFF_SHARE, follow_s or fast_s), idle_s)
 
 
-def wait_s(tracks: Mapping[str, Track], *, now: float, fast_s: float, idle_s: float, new_s: float) -> float | None:
+def past_finishes(interval_s: float, tracks: Mapping[str, Track], *, now: float, fast_s: float) -> float:
+    """Return ``interval_s``, moved to just after an estimated finish that falls less than a fast interval after it.
+
+    A poll just before an action finishes finds it running, and the next one may only come
+    a fast interval later: that action's news would wait most of a fast interval. Moving
+    the poll to just after the estimate costs the poll's other purpose (finding new
+    actions) those few seconds instead. Not while an action without an estimate is in
+    flight: it is followed at its own pace, and a later poll would cost it.
+    """
+    if any(t.finish_at() is None for t in tracks.values()):
+        return interval_s
+    first = min((f - now for t in tracks.values() if (f := t.finish_at()) is not None), default=None)
+    if first is not None and interval_s < first < interval_s + fast_s * (1 - FINISH_MARGIN_SHARE):
+        return first + fast_s * FINISH_MARGIN_SHARE
+    return interval_s
+
+
+def wait_s(tracks: Mapping[str, Track], *, now: float, fast_s: float, idle_s: float, new_s: float, follow_s: float | None = None) -> float | None:
     """Return the wait the in-flight actions ask for (the shortest), or None when nothing is in flight."""
-    waits = [action_wait_s(t, now=now, fast_s=fast_s, idle_s=idle_s, new_s=new_s) for t in tracks.values()]
+    waits = [action_wait_s(t, now=now, fast_s=fast_s, idle_s=idle_s, new_s=new_s, follow_s=follow_s) for t in tracks.values()]
     return min(waits, default=None)

@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import json
+import time
 
 import pytest
 
+from daemon.arrivals import History, to_text
 from daemon.model import Event
+from daemon.poll_loop import PACING_HISTORY
 from daemon.store import AttemptResults, CycleResult
 from daemon.store.sqlite import open_sqlite
 from tests.conftest import APP_TOKEN, WEBHOOK_SECRET, relay_env
@@ -65,6 +68,30 @@ async def test_check_says_plainly_when_keys_are_wrong(run_cli, standin):
     assert "RELAY_VOUCHERIFY_APP_ID and RELAY_VOUCHERIFY_APP_TOKEN" in out
     assert "wrong-token-123" not in out + err
     assert standin.count("list") == 1
+
+
+async def test_check_prints_what_progress_pacing_learned_and_the_idle_interval_it_gives(run_cli, tmp_path, standin, receiver):
+    """`check` reads the learned arrival rate kept with the state and prints the idle interval and detection time it gives now."""
+    env = relay_env(tmp_path, standin, receiver, idle_poll_interval="300")
+    stores = open_sqlite(tmp_path / "state.db")
+    await stores.actions.save_meta("schema_probe", "1")  # the state exists, nothing learned yet
+    await stores.close()
+    code, out, _ = await run_cli("check", env=env)
+    assert code == 0, out
+    assert "pacing: nothing learned yet" in out
+    now = time.time()
+    day = History(since=now - 86400, created=tuple(now - i * 1800 for i in range(48)), durations_s=(120.0,) * 10)  # two an hour
+    stores = open_sqlite(tmp_path / "state.db")
+    await stores.actions.save_meta(PACING_HISTORY, to_text(day))
+    await stores.close()
+    code, out, _ = await run_cli("check", env=env)
+    assert code == 0, out
+    idle_s = 300 * (0.5 / ((48 + 1) / 26)) ** 0.5  # the square-root law at (48 + the prior's 1) arrivals over 26 h
+    line = next(line for line in out.splitlines() if line.startswith("pacing: learned"))
+    assert "learned 1.9 new actions an hour" in line
+    assert "most finishing within 120s" in line
+    assert f"idle poll every {idle_s:.0f}s now" in line
+    assert f"noticed {idle_s / 2:.0f}s after it starts on average" in line
 
 
 async def test_outbox_list_and_replay(run_cli, tmp_path, standin, receiver):

@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import asyncio
 import time
+from datetime import UTC, datetime, timedelta
+
+import pytest
 
 from tests.conftest import baseline, running, until
 
@@ -58,16 +61,43 @@ async def test_progress_pacing_polls_near_the_estimated_finish(standin, receiver
     assert detected_s < 0.6, "polled again close to the estimated finish"
 
 
-async def test_progress_pacing_learns_arrivals_and_durations_from_the_list(standin, receiver, make_settings):
-    """The relay remembers each new action's created_at and, once it finishes, its updated_at - created_at; the baseline teaches neither."""
-    standin.add_action(status="DONE", progress=100)  # history: seen by the baseline
-    async with running(make_settings(poll_interval="0.05", idle_poll_interval="0.2", pacing="progress")) as relay:
+async def test_progress_pacing_learns_from_the_baseline_and_resumes_after_a_restart(standin, receiver, make_settings):
+    """The baseline's last day is learned at once (arrivals and durations); what was learned outlives a restart."""
+    now = datetime.now(UTC)
+    for hours_ago in (2, 30):  # one within the baseline's day, one before it
+        old = standin.add_action(status="DONE", progress=100, created_at=now - timedelta(hours=hours_ago))
+        standin.update_action(old, updated_at=now - timedelta(hours=hours_ago) + timedelta(seconds=90))
+    settings = make_settings(poll_interval="0.05", idle_poll_interval="0.2", pacing="progress")
+    async with running(settings) as relay:
         await baseline(relay)
-        assert relay.pacing.history.created == ()
+        learned = relay.pacing.history
+        assert learned.since == pytest.approx((now - timedelta(hours=24)).timestamp(), abs=5)
+        assert learned.created == pytest.approx(((now - timedelta(hours=2)).timestamp(),), abs=1)
+        assert learned.durations_s == pytest.approx((90.0, 90.0), abs=0.01)  # durations need no window
         action_id = standin.add_action(status="IN_PROGRESS", progress=0)
-        await until(lambda: len(relay.pacing.history.created) == 1, timeout_s=3)
+        await until(lambda: len(relay.pacing.history.created) == 2, timeout_s=3)
         await asyncio.sleep(0.3)
         standin.complete_action(action_id, example="SKUS.IMPORT_CSV")
         await until(lambda: len(receiver.delivered) == 1, timeout_s=3)
-        await until(lambda: len(relay.pacing.history.durations_s) == 1, timeout_s=3)
-    assert relay.pacing.history.durations_s[0] >= 0.3
+        await until(lambda: len(relay.pacing.history.durations_s) == 3, timeout_s=3)
+        before_restart = relay.pacing.history
+    assert before_restart.durations_s[-1] >= 0.3
+    async with running(settings) as again:
+        await until(lambda: again.pacing.history.durations_s != (), timeout_s=3)
+        resumed = again.pacing.history
+    assert resumed.since == pytest.approx(before_restart.since, abs=1)
+    assert resumed.created == pytest.approx(before_restart.created, abs=1)
+    assert resumed.durations_s == pytest.approx(before_restart.durations_s, abs=0.1)
+
+
+async def test_a_baseline_stopped_by_the_page_cap_counts_only_the_hours_it_read(standin, make_settings):
+    """A baseline cut short by RELAY_MAX_PAGES_PER_CYCLE counts as watched only back to the oldest entry it read, not a whole day."""
+    now = datetime.now(UTC)
+    for hours_ago in (1, 2, 3, 10, 20):
+        standin.add_action(status="DONE", progress=100, created_at=now - timedelta(hours=hours_ago))
+    settings = make_settings(poll_interval="0.05", idle_poll_interval="5", pacing="progress", list_page_size="2", max_pages_per_cycle="1")
+    async with running(settings) as relay:
+        await baseline(relay)
+        learned = relay.pacing.history
+    assert learned.since == pytest.approx((now - timedelta(hours=2)).timestamp(), abs=1)  # the newest page: 1 h and 2 h ago
+    assert learned.created == pytest.approx(((now - timedelta(hours=2)).timestamp(), (now - timedelta(hours=1)).timestamp()), abs=1)

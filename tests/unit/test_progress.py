@@ -6,7 +6,7 @@ import pytest
 
 from daemon.cadence import Cadence
 from daemon.pacing import CycleFacts, Pacing, succeeded
-from daemon.progress import Observed, Track, action_wait_s, observe, wait_s
+from daemon.progress import Observed, Track, action_wait_s, observe, past_finishes, wait_s
 
 T = 1_000_000.0  # the relay's clock at the first sighting
 
@@ -54,18 +54,19 @@ def test_finish_estimate(listings, finish):
 @pytest.mark.parametrize(
     ("listings", "now", "wait"),
     [
-        ([(T, seen(25))], T, 185),  # estimate 3 minutes away: aimed 5 s after it
+        ([(T, seen(25))], T, 190),  # estimate 3 minutes away: aimed a third of a fast interval (10 s) after it
         ([(T, seen(90))], T, 30),  # estimate 6.7 s away: never under the fast pace
         ([(T, seen(1, created=T - 600))], T, 300),  # hours away: the idle pace at most
         ([(T, seen(50))], T + 200, 30),  # overdue: the fast pace
         ([(T, seen(0))], T + 30, 30),  # no estimate, seen for under a minute: fast
-        ([(T, seen(0))], T + 120, 60),  # no estimate, two minutes: half its age
-        ([(T, seen(0))], T + 400, 200),
+        ([(T, seen(0))], T + 90, 30),  # no estimate, past its first minute: half the time since, never under the fast pace
+        ([(T, seen(0))], T + 180, 60),  # ...two minutes past it: a minute
+        ([(T, seen(0))], T + 400, 170),
         ([(T, seen(0))], T + 3600, 300),  # ...up to the idle pace
     ],
 )
 def test_action_wait(listings, now, wait):
-    """An action asks for a poll at its estimated finish, the fast pace while new or overdue, half its age when it never moves."""
+    """An action asks for a poll after its estimated finish, the fast pace while new or overdue, then half the time since it stopped being new."""
     track = track_after(*listings)
     assert action_wait_s(track, now=now, fast_s=30, idle_s=300, new_s=60) == pytest.approx(wait)
 
@@ -75,15 +76,44 @@ def test_the_earliest_action_wins_and_finished_ones_are_forgotten():
     slow = Observed(id="slow", progress=10, created_at=T - 60, updated_at=T)
     quick = Observed(id="quick", progress=80, created_at=T - 400, updated_at=T)
     tracks = observe({}, [slow, quick], now=T)
-    assert wait_s(tracks, now=T, fast_s=30, idle_s=300, new_s=60) == pytest.approx(105)
+    assert wait_s(tracks, now=T, fast_s=30, idle_s=300, new_s=60) == pytest.approx(110)
     assert set(observe(tracks, [slow], now=T + 100)) == {"slow"}
     assert wait_s({}, now=T, fast_s=30, idle_s=300, new_s=60) is None
+
+
+def estimating(*finishes_in_s: float | None) -> dict[str, Track]:
+    """Return tracks whose estimated finishes are these many seconds after T (None: an action without an estimate)."""
+    tracks = {}
+    for i, due in enumerate(finishes_in_s):
+        if due is None:
+            tracks[f"a{i}"] = track_after((T, seen(0)))
+        else:  # 50% after 60 s: as long again to go
+            tracks[f"a{i}"] = track_after((T, seen(50, created=T + due - 120, updated=T + due - 60)))
+    return tracks
+
+
+@pytest.mark.parametrize(
+    ("interval", "finishes", "moved"),
+    [
+        (60, (70,), 80),  # a poll 10 s before a finish would see it running: moved to 10 s after it
+        (60, (62,), 72),  # ...as close as 2 s after the planned poll
+        (60, (79,), 89),  # up to a fast interval after the planned poll, less the margin
+        (60, (81,), 60),  # further off: the poll a fast interval later is as close
+        (60, (55,), 60),  # the planned poll already comes after it
+        (60, (70, 75), 80),  # the earliest estimate decides
+        (60, (70, None), 60),  # an action without an estimate needs the planned poll: kept
+        (60, (), 60),
+    ],
+)
+def test_a_poll_just_before_an_estimated_finish_waits_for_it(interval, finishes, moved):
+    """A poll due less than a fast interval before an estimated finish moves to just after it (aimed a third of a fast interval past it)."""
+    assert past_finishes(interval, estimating(*finishes), now=T, fast_s=30) == pytest.approx(moved)
 
 
 @pytest.mark.parametrize(
     ("pacing", "facts", "expected"),
     [
-        ("progress", CycleFacts(in_flight=1, transitions=0, first_run=False, observed=(seen(25),)), (185, "progress")),
+        ("progress", CycleFacts(in_flight=1, transitions=0, first_run=False, observed=(seen(25),)), (190, "progress")),
         ("progress", CycleFacts(in_flight=1, transitions=0, first_run=False, observed=(seen(90),)), (30, "busy")),
         ("progress", CycleFacts(in_flight=0, transitions=1, first_run=False), (300, "idle")),
         ("progress", CycleFacts(in_flight=1, transitions=0, first_run=False, observed=(seen(25),), remaining=1, limit=100), (300, "rate_limit")),

@@ -382,6 +382,31 @@ def test_named_projects_take_the_global_defaults_and_keep_their_own(tmp_path):
     assert not ops.accepts(action_type="X", outcome="success", project="default")
 
 
+@pytest.mark.parametrize(
+    ("extra", "fast", "project_fast"),
+    [
+        ({}, 26.0, 26.0),  # progress pacing (the default): 26 s
+        ({"RELAY_PACING": "progress"}, 26.0, 26.0),
+        ({"RELAY_PACING": "ADAPTIVE"}, 30.0, 30.0),  # the other strategies keep 30 s
+        ({"RELAY_PACING": "fixed"}, 30.0, 30.0),
+        ({"RELAY_POLL_INTERVAL": "30"}, 30.0, 30.0),  # set: as set, whatever the strategy
+        ({"RELAY_PACING": "adaptive", "RELAY_POLL_INTERVAL": "26"}, 26.0, 26.0),
+        ({"RELAY_PROJECTS__EU__POLL_INTERVAL": "40", "RELAY_IDLE_POLL_INTERVAL": "400"}, 26.0, 40.0),
+    ],
+)
+def test_the_fast_pace_default_depends_on_the_strategy(extra, fast, project_fast, tmp_path):
+    """RELAY_POLL_INTERVAL, unset, is 26 s under progress pacing and 30 s under adaptive and fixed; a named project inherits it."""
+    env = {**base_env(tmp_path), "RELAY_PROJECTS__EU__APP_ID": "eu-app", "RELAY_PROJECTS__EU__APP_TOKEN": APP_TOKEN, **extra}
+    settings = load_settings(env)
+    assert (settings.poll_interval, settings.all_projects()["eu"].poll_interval) == (fast, project_fast)
+
+
+def test_an_idle_interval_under_the_default_fast_pace_names_both_variables(tmp_path):
+    """RELAY_IDLE_POLL_INTERVAL under the strategy's default fast pace exits 78 naming it and the pace it must reach."""
+    with pytest.raises(ConfigError, match=r"RELAY_IDLE_POLL_INTERVAL: must be at least RELAY_POLL_INTERVAL \(26s\)"):
+        load_settings({**base_env(tmp_path), "RELAY_IDLE_POLL_INTERVAL": "20"})
+
+
 def test_named_projects_alone_need_no_single_project_variables(tmp_path):
     """A deployment of only named projects needs no RELAY_VOUCHERIFY_APP_ID; there is no `default` project then."""
     env = {k: v for k, v in base_env(tmp_path).items() if "VOUCHERIFY" not in k}
