@@ -23,7 +23,7 @@ import random
 import sys
 import tempfile
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -40,13 +40,14 @@ from daemon.monthly import Cycle, idle_interval_s
 from daemon.pacing import Pacing, succeeded
 from daemon.poll_loop import cycle_facts
 from daemon.poller import Poller
+from daemon.settings import PROGRESS_POLL_INTERVAL_S
 from daemon.store.sqlite import open_sqlite
 from daemon.voucherify import VoucherifyClient
 
 T0 = datetime(2025, 1, 6, tzinfo=UTC).timestamp()
 DAY_S = 86400.0
 NAIVE_INTERVAL_S = 30.0
-HISTORY_ACTIONS = 300
+HISTORY_DAYS = 3  # the project's previous days, drawn like the simulated one: what the first poll's baseline reads
 TYPES = ("CUSTOMERS.IMPORT_CSV", "VOUCHERS.IMPORT_CSV", "PRODUCTS.IMPORT_CSV", "VOUCHERS.BULK_UPDATE", "SKUS.IMPORT_CSV")
 FINISHED_EVENTS = (EventType.COMPLETED, EventType.FAILED)
 MONTH_FACTOR = HOURS_PER_MONTH / 24.0  # days in an average month, as daemon.cadence counts them
@@ -149,13 +150,18 @@ class Scenario:
         self.finished_at[action_id] = self._clock.t
 
 
-def seed_history(standin: VoucherifyStandIn) -> None:
-    """Give the project a few hundred finished actions from the three days before."""
-    rng = random.Random(0)
-    moments = sorted(T0 - rng.uniform(600.0, 3 * DAY_S) for _ in range(HISTORY_ACTIONS))
-    for moment in moments:
-        created = datetime.fromtimestamp(moment, tz=UTC)
-        standin.add_action(rng.choice(TYPES), status="DONE", progress=100, created_at=created)
+def prior_days(planner: Callable[..., list[ImportJob]], *, imports_per_day: int, seed: int, days: int = HISTORY_DAYS) -> list[ImportJob]:
+    """Draw the project's previous ``days`` the way ``planner`` draws the simulated one (its own seed): the history it holds."""
+    jobs = planner(imports_per_day=imports_per_day, days=days, seed=seed + 1000)
+    return [replace(j, start=j.start - days * DAY_S) for j in jobs if j.end - days * DAY_S <= T0]
+
+
+def seed_history(standin: VoucherifyStandIn, history: list[ImportJob]) -> None:
+    """Give the project its finished actions from earlier days, each created at its start and last updated at its finish."""
+    for job in history:
+        created = datetime.fromtimestamp(job.start, tz=UTC)
+        action_id = standin.add_action(job.type, status="FAILED" if job.fails else "DONE", progress=100, created_at=created)
+        standin.update_action(action_id, updated_at=datetime.fromtimestamp(job.end, tz=UTC))
 
 
 @dataclass
@@ -181,12 +187,20 @@ class SimResult:
 
 
 async def simulate_relay(
-    jobs: list[ImportJob], *, days: int, fast_s: float, idle_s: float, name: str, pacing: str = "adaptive", month_budget: int | None = None
+    jobs: list[ImportJob],
+    *,
+    days: int,
+    fast_s: float,
+    idle_s: float,
+    name: str,
+    pacing: str = "adaptive",
+    month_budget: int | None = None,
+    history: list[ImportJob] | None = None,
 ) -> SimResult:
     """Run the real Poller through the simulated days, paced by ``daemon.pacing.succeeded`` as Relay._pace paces it."""
     clock = SimClock(T0)
     standin = VoucherifyStandIn(app_id=APP_ID, app_token=APP_TOKEN, clock=clock.now)
-    seed_history(standin)
+    seed_history(standin, history or [])
     url = await standin.start()
     scenario = Scenario(standin, clock, jobs)
     result = SimResult(name)
@@ -227,11 +241,11 @@ async def simulate_relay(
     return _tally(result, standin, scenario, detected)
 
 
-async def simulate_naive(jobs: list[ImportJob], *, days: int, interval_s: float = NAIVE_INTERVAL_S) -> SimResult:
+async def simulate_naive(jobs: list[ImportJob], *, days: int, interval_s: float = NAIVE_INTERVAL_S, history: list[ImportJob] | None = None) -> SimResult:
     """List every ``interval_s`` and GET every in-flight action each cycle."""
     clock = SimClock(T0)
     standin = VoucherifyStandIn(app_id=APP_ID, app_token=APP_TOKEN, clock=clock.now)
-    seed_history(standin)
+    seed_history(standin, history or [])
     url = await standin.start()
     scenario = Scenario(standin, clock, jobs)
     headers = {"X-App-Id": APP_ID, "X-App-Token": APP_TOKEN}
@@ -287,7 +301,7 @@ def build_section(results: list[SimResult], *, imports: int, days: int, seed: in
                 fmt(mean(r.latencies_s), 0),
                 fmt(percentile(r.latencies_s, 95), 0),
                 fmt(max(r.latencies_s, default=math.nan), 0),
-                fmt(r.tail_cycles / days, 0) if r.name.startswith("relay, defaults") else "-",
+                fmt(r.tail_cycles / days, 0) if r.name.startswith("relay, adaptive") else "-",
             ]
         )
     header = [
@@ -315,13 +329,15 @@ def build_section(results: list[SimResult], *, imports: int, days: int, seed: in
         [
             (
                 f"{imports} imports a day over {days} simulated day(s) (seed {seed}), each running 2-10 minutes with a progress "
-                f"update every minute, 15% failing, in a project that already holds {HISTORY_ACTIONS} finished actions. "
-                "The relay rows run the real `Poller` against the stand-in on a simulated clock, paced by `daemon.cadence.next_poll` "
-                "through the same `daemon.cadence` functions `Relay._pace` calls (fast while anything is in flight or changed within the cooldown). "
+                f"update every minute, 15% failing, in a project whose {HISTORY_DAYS} previous days looked the same (the history it holds). "
+                "The relay rows run the real `Poller` against the stand-in on a simulated clock, paced by `daemon.pacing.succeeded` "
+                "as the relay's poll loop paces it (progress: near each estimated finish, otherwise an idle interval learned from the arrival rate; "
+                "adaptive: fast while anything is in flight or changed within the cooldown). "
                 f"Per month = per day x {MONTH_FACTOR:.2f}. Detection times are simulated seconds from the action finishing "
                 "to the poll that emitted its event. "
-                '"Fast polls with nothing in flight" (per day) are the polls `Relay._pace` makes at the fast pace after the last activity, '
-                "because it stays fast until the idle interval has passed since anything was in flight or changed."
+                '"Fast polls with nothing in flight" (per day, adaptive) are the polls it makes at the fast pace after the last activity, '
+                "because it stays fast until the idle interval has passed since anything was in flight or changed. "
+                "Every strategy, both days, over many drawings: `bench/pacing_curve.py` (the next section)."
             ),
             markdown_table(header, rows),
         ]
@@ -340,12 +356,16 @@ def _verdict(ok: bool) -> str:  # noqa: FBT001
 
 
 async def measure(*, imports: int, days: int, seed: int) -> Section:
-    """Simulate the relay (shipped defaults, and without adaptive pacing) and the naive poller."""
+    """Simulate the relay (adaptive pacing at its defaults, and at the naive poller's pace) and the naive poller."""
     jobs = plan_workload(imports_per_day=imports, days=days, seed=seed)
+    history = prior_days(plan_workload, imports_per_day=imports, seed=seed)
     results = [
-        await simulate_relay(jobs, days=days, fast_s=30.0, idle_s=300.0, name="relay, defaults (30 s busy / 300 s idle)"),
-        await simulate_relay(jobs, days=days, fast_s=30.0, idle_s=30.0, name="relay, 30 s always (naive's pace)"),
-        await simulate_naive(jobs, days=days),
+        await simulate_relay(
+            jobs, days=days, fast_s=PROGRESS_POLL_INTERVAL_S, idle_s=300.0, name="relay, defaults: progress (26 s / 300 s)", pacing="progress", history=history
+        ),
+        await simulate_relay(jobs, days=days, fast_s=30.0, idle_s=300.0, name="relay, adaptive (30 s busy / 300 s idle)", history=history),
+        await simulate_relay(jobs, days=days, fast_s=30.0, idle_s=30.0, name="relay, 30 s always (naive's pace)", history=history),
+        await simulate_naive(jobs, days=days, history=history),
     ]
     return build_section(results, imports=imports, days=days, seed=seed)
 

@@ -6,7 +6,7 @@ stand-in on a simulated clock, paced by ``daemon.pacing.succeeded`` exactly as
 runs in the same process on the same workload. The floor is a clairvoyant poller: one
 list at each finish and one GET per finished action, detection 0 s.
 
-    python -m bench.pacing_curve [--png docs/pacing-curve.png] [--markdown FILE] [--quick]
+    python -m bench.pacing_curve [--png docs/pacing-curve.png] [--markdown FILE] [--quick] [--seeds N]
 """
 
 from __future__ import annotations
@@ -21,19 +21,22 @@ from pathlib import Path
 if __package__ in (None, ""):
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from bench.api_calls import MONTH_FACTOR, ImportJob, SimResult, plan_busy_workload, plan_workload, simulate_naive, simulate_relay
+from bench.api_calls import MONTH_FACTOR, ImportJob, SimResult, plan_busy_workload, plan_workload, prior_days, simulate_naive, simulate_relay
 from bench.common import base_parser, fmt, markdown_table, mean, percentile, quiet_logs
+from daemon.settings import PROGRESS_POLL_INTERVAL_S
 
 Planner = Callable[..., list[ImportJob]]
 DAYS: dict[str, tuple[Planner, int, str]] = {
     "quiet day": (plan_workload, 20, "20 imports of 2-10 min, progress every minute"),
     "busy day": (plan_busy_workload, 200, "200 imports: a quarter under a minute, the rest 1-15 min; a fifth report no progress"),
 }
-CONFIGS = (  # name, pacing, fast s, idle s, monthly budget
-    ("fixed 30 s", "fixed", 30.0, 30.0, None),
-    ("adaptive, defaults (30 s / 300 s)", "adaptive", 30.0, 300.0, None),
-    ("progress, defaults (30 s / 300 s)", "progress", 30.0, 300.0, None),
-    ("progress, monthly budget 10,000", "progress", 30.0, 300.0, 10_000),
+PROGRESS_FAST_S = PROGRESS_POLL_INTERVAL_S  # RELAY_POLL_INTERVAL's default under progress pacing
+CONFIGS = (  # name, pacing, fast s, idle s, monthly budget, learns from the project's history
+    ("fixed 30 s", "fixed", 30.0, 30.0, None, True),
+    ("adaptive, defaults (30 s / 300 s)", "adaptive", 30.0, 300.0, None, True),
+    ("progress, defaults (26 s / 300 s)", "progress", PROGRESS_FAST_S, 300.0, None, True),
+    ("progress, monthly budget 10,000", "progress", PROGRESS_FAST_S, 300.0, 10_000, True),
+    ("progress, defaults, new project (no history)", "progress", PROGRESS_FAST_S, 300.0, None, False),
 )
 CURVE_IDLE_S = (60.0, 120.0, 180.0, 300.0, 450.0, 600.0)
 CURVE_STRATEGIES = ("fixed", "adaptive", "progress")  # fixed: one poll every "idle" seconds
@@ -62,13 +65,18 @@ async def run_day(day: str, *, seed: int, curve: tuple[float, ...]) -> tuple[lis
     """Simulate one day: the table's configurations plus the naive poller, the curve, and the floor."""
     planner, imports, _ = DAYS[day]
     jobs = planner(imports_per_day=imports, days=1, seed=seed)
-    table = [Point.of(name, await simulate_relay(jobs, days=1, fast_s=f, idle_s=i, name=name, pacing=p, month_budget=m)) for name, p, f, i, m in CONFIGS]
-    table.append(Point.of("naive: list every 30 s + GET each in-flight action", await simulate_naive(jobs, days=1)))
+    history = prior_days(planner, imports_per_day=imports, seed=seed)
+    table = []
+    for name, pacing, fast_s, idle_s, budget, learns in CONFIGS:
+        kept = history if learns else []
+        result = await simulate_relay(jobs, days=1, fast_s=fast_s, idle_s=idle_s, name=name, pacing=pacing, month_budget=budget, history=kept)
+        table.append(Point.of(name, result))
+    table.append(Point.of("naive: list every 30 s + GET each in-flight action", await simulate_naive(jobs, days=1, history=history)))
     points = []
     for strategy in CURVE_STRATEGIES:
         for idle_s in curve:
-            fast_s = idle_s if strategy == "fixed" else 30.0
-            result = await simulate_relay(jobs, days=1, fast_s=fast_s, idle_s=idle_s, name=strategy, pacing=strategy)
+            fast_s = {"fixed": idle_s, "adaptive": 30.0, "progress": PROGRESS_FAST_S}[strategy]
+            result = await simulate_relay(jobs, days=1, fast_s=fast_s, idle_s=idle_s, name=strategy, pacing=strategy, history=history)
             points.append((strategy, idle_s, Point.of(strategy, result)))
     finishes = len({round(j.end) for j in jobs})
     floor = Point("floor (clairvoyant)", finishes + len(jobs), 0.0, 0.0, 0.0, 0.0, f"{len(jobs)}/{len(jobs)}")
@@ -154,6 +162,49 @@ def draw(days: dict[str, tuple[list[Point], list[tuple[str, float, Point]], Poin
     fig.savefig(png, dpi=110)
 
 
+async def sweep(seeds: range) -> str:
+    """Check both goals on many drawings of each day (the real Poller, as above): how often each holds, not one day's luck."""
+    rows = []
+    for day, (planner, imports, _) in DAYS.items():
+        met1 = met2 = 0
+        ratios, margins = [], []
+        for seed in seeds:
+            jobs = planner(imports_per_day=imports, days=1, seed=seed)
+            history = prior_days(planner, imports_per_day=imports, seed=seed)
+            naive = Point.of("naive", await simulate_naive(jobs, days=1, history=history))
+            runs = [
+                await simulate_relay(jobs, days=1, fast_s=f, idle_s=i, name=n, pacing=p, month_budget=m, history=history) for n, p, f, i, m, _ in CONFIGS[1:4]
+            ]
+            adaptive, progress, monthly = (Point.of(r.name, r) for r in runs)
+            met1 += progress.requests_per_day <= adaptive.requests_per_day and progress.p95_s <= naive.p95_s
+            met2 += monthly.requests_per_day <= naive.requests_per_day / 10 and monthly.p95_s <= adaptive.p95_s
+            ratios.append(progress.requests_per_day / adaptive.requests_per_day)
+            margins.append(progress.p95_s - naive.p95_s)
+        rows.append(
+            [
+                day,
+                f"{seeds.start}-{seeds.stop - 1}",
+                f"{met1}/{len(seeds)}",
+                f"{met2}/{len(seeds)}",
+                fmt(percentile(ratios, 50), 2),
+                f"{fmt(min(ratios), 2)}-{fmt(max(ratios), 2)}",
+                fmt(percentile(margins, 50), 1),
+                f"{fmt(min(margins), 1)} to {fmt(max(margins), 1)}",
+            ]
+        )
+    header = [
+        "day",
+        "seeds",
+        "goal 1 met (progress defaults)",
+        "goal 2 met (monthly 10,000)",
+        "progress / adaptive requests, median",
+        "range",
+        "progress p95 - naive p95, median s",
+        "range s",
+    ]
+    return markdown_table(header, rows)
+
+
 async def measure(*, seed: int, curve: tuple[float, ...]) -> dict[str, tuple[list[Point], list[tuple[str, float, Point]], Point]]:
     """Simulate both days."""
     return {day: await run_day(day, seed=seed, curve=curve) for day in DAYS}
@@ -166,8 +217,11 @@ def main() -> None:
     parser.add_argument("--png", type=Path, default=None, help="draw the curve to this file (needs matplotlib: pip install .[bench])")
     parser.add_argument("--markdown", type=Path, default=None, help="also write the tables to this file")
     parser.add_argument("--quick", action="store_true", help="three idle intervals instead of six")
+    parser.add_argument("--seeds", type=int, default=0, help="also check both goals on seeds 1..N of each day (about 14 s per seed and day)")
     args = parser.parse_args()
     quiet_logs()
+    if args.seeds:
+        print(asyncio.run(sweep(range(1, args.seeds + 1))), end="\n\n")
     curve = CURVE_IDLE_S[::2] if args.quick else CURVE_IDLE_S
     days = asyncio.run(measure(seed=args.seed, curve=curve))
     text = "\n\n".join(day_markdown(day, *result) for day, result in days.items())
