@@ -38,6 +38,7 @@ REFERENCE_PER_HOUR = 0.5  # one new action every two hours: the rate at which th
 PRIOR_S = 2 * 3600.0
 MAX_IDLE_FACTOR = 2.0
 MAX_SAMPLES = 500
+MAX_AHEAD_S = 300.0  # clock skew tolerated in a created_at ahead of the relay's clock
 MIN_DURATIONS = 5  # fewer finished actions than this teach nothing yet
 DURATION_QUANTILE = 0.9
 
@@ -61,8 +62,14 @@ class History:
 
 
 def learn(history: History, seen: Seen, *, now: float) -> History:
-    """Return the history after a cycle: arrivals older than the window drop out, both lists stay bounded."""
-    created = tuple(sorted(t for t in (*history.created, *seen.created) if now - t <= WINDOW_S))[-MAX_SAMPLES:]
+    """Return the history after a cycle: arrivals older than the window drop out, both lists stay bounded.
+
+    A ``created_at`` further ahead of the relay's clock than ``MAX_AHEAD_S`` is not an arrival
+    anyone can trust (a wrong clock, a lying peer): it would count as recent for ever and
+    quicken the polling, so it is not learned.
+    """
+    fresh = (*history.created, *(t for t in seen.created if t - now <= MAX_AHEAD_S))
+    created = tuple(sorted(t for t in fresh if now - t <= WINDOW_S))[-MAX_SAMPLES:]
     durations = (*history.durations_s, *(d for d in seen.durations_s if d >= 0))[-MAX_SAMPLES:]
     since = history.since if history.since is not None else (now if seen.since is None else min(seen.since, now))
     return History(since=since, created=created, durations_s=durations)

@@ -104,6 +104,12 @@ def test_a_stored_history_round_trips():
     assert from_text('{"since": null, "created": [], "durations_s": [5, -1]}') == History(durations_s=(5.0,))
 
 
+def test_an_arrival_dated_far_in_the_future_is_not_learned():
+    """A created_at minutes ahead (clock skew) counts; one far ahead (a wrong clock, a lying peer) would count for ever and is dropped."""
+    history = learn(History(), Seen(created=(T + 60, T + 3600, T + 86400 * 365)), now=T)
+    assert history.created == (T + 60,)
+
+
 def test_learn_keeps_a_bounded_window():
     """Arrivals older than the window drop out, negative durations are ignored, and both lists stay bounded."""
     history = learn(History(), Seen(created=(T - WINDOW_S - 1, T - 5), durations_s=(40.0, -3.0)), now=T)
