@@ -50,6 +50,7 @@ class CycleFacts:
     backlog_owed: bool = False  # a capped cycle left list pages to read
     idle_s: float | None = None  # the idle interval a monthly budget chose for now
     seen: Seen = field(default_factory=Seen)  # new actions' creation and finished actions' durations, this cycle
+    live_s: float | None = None  # RELAY_LIVE_PROGRESS_INTERVAL, when a sink shows live progress: poll at least this often while in flight
 
 
 def started(pacing: Pacing, *, now: float) -> Pacing:
@@ -85,6 +86,8 @@ def _progress_paced(pacing: Pacing, facts: CycleFacts, *, cadence: Cadence, now:
     new_s = max(cadence.cooldown_s, typical_duration_s(history) or 0.0)
     follow_s = min(cadence.fast_s * binds, cadence.idle_s)  # a binding budget slows the following of silent actions as much
     wanted = wait_s(tracks, now=now, fast_s=cadence.fast_s, idle_s=cadence.idle_s, new_s=new_s, follow_s=follow_s)
+    if wanted is not None and facts.live_s is not None:
+        wanted = min(wanted, facts.live_s)  # a live message's bar fills between estimates (each poll one list request)
     decision = next_poll(cadence, busy=busy, remaining=facts.remaining, limit=facts.limit, wanted_s=wanted)
     decision = replace(decision, interval_s=past_finishes(decision.interval_s, tracks, now=now, fast_s=cadence.fast_s))
     return replace(pacing, interval_s=decision.interval_s, reason=decision.reason, auth_failures=0, tracks=tracks, history=history), decision

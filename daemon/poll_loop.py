@@ -49,7 +49,7 @@ def cadence_for(settings: RelaySettings) -> Cadence:
     return Cadence.of(pacing=settings.pacing, fast_s=settings.poll_interval, idle_s=settings.idle_poll_interval, budget_per_hour=settings.api_budget_per_hour)
 
 
-def cycle_facts(report: PollReport, client: VoucherifyClient, *, idle_s: float | None = None) -> CycleFacts:
+def cycle_facts(report: PollReport, client: VoucherifyClient, *, idle_s: float | None = None, live_s: float | None = None) -> CycleFacts:
     """Return what pacing needs from a finished cycle and the API's last rate-limit headers."""
     return CycleFacts(
         in_flight=report.in_flight or int(report.backlog_window_s is not None),  # stay fast while a list backlog is owed
@@ -61,6 +61,7 @@ def cycle_facts(report: PollReport, client: VoucherifyClient, *, idle_s: float |
         backlog_owed=report.backlog_window_s is not None,
         idle_s=idle_s,
         seen=report.seen,
+        live_s=live_s,
     )
 
 
@@ -195,7 +196,8 @@ class PollLoop:
     async def _pace(self, report: PollReport) -> float:
         """Return when the next poll runs per RELAY_PACING, never faster than the budgets allow."""
         now, before, learned = self._clock(), self.pacing.reason, self.pacing.history
-        facts = cycle_facts(report, self._client, idle_s=await self._monthly_idle_s(now))
+        live_s = self._settings.live_progress_interval if self._live_sinks else None
+        facts = cycle_facts(report, self._client, idle_s=await self._monthly_idle_s(now), live_s=live_s)
         self.pacing, decision = succeeded(self.pacing, facts, cadence=self.cadence, now=now)
         if decision.reason != before:
             _log_pace(decision.reason, decision.interval_s, client=self._client)

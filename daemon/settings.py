@@ -62,6 +62,7 @@ class RelaySettings(BaseSettings):
     api_budget_per_month: int | None = Field(default=None, ge=100)
     billing_cycle_day: int = Field(default=1, ge=1, le=28)
     pacing: Literal["progress", "adaptive", "fixed"] = "progress"
+    live_progress_interval: float | None = Field(default=None, ge=0.05, le=86400)  # with a slack_app sink: poll this often while in flight
     api_timeout_s: float = Field(default=10.0, gt=0, le=120)
     api_max_attempts: int = Field(default=4, ge=1, le=10)
     # the documented 5,000-row results are well under 2 MiB; the cap keeps an endless body from exhausting memory

@@ -113,3 +113,20 @@ async def test_a_restart_mid_import_keeps_updating_the_same_message(standin, sla
     assert slack.count("chat.postMessage") == 1
     assert ":red_circle:" in header(message.blocks)
     assert message.updates >= 2
+
+
+@pytest.mark.parametrize(("live", "expected"), [(None, (range(3), range(3))), ("0.3", (range(6, 16), range(2, 10)))])
+async def test_a_live_progress_interval_fills_the_bar_between_sparse_polls(standin, slack, app_settings, live, expected):
+    """Progress pacing polls a steadily moving import near its finish; RELAY_LIVE_PROGRESS_INTERVAL polls it often enough to show it."""
+    overrides = {"pacing": "progress", "poll_interval": "0.05", "idle_poll_interval": "3"}  # idle: about 2-6 s as arrivals allow
+    async with running(app_settings(**overrides, **({"live_progress_interval": live} if live else {}))) as relay:
+        await until(lambda: relay.last_poll is not None)
+        action_id = standin.add_action("VOUCHERS.IMPORT_CSV", status="IN_PROGRESS", progress=5)
+        await until(lambda: slack.count("chat.postMessage") == 1)
+        lists_before = standin.count("list")
+        await run_import(standin, action_id, steps=range(10, 40, 2), pause_s=0.2)  # 15 steps over 3 s: done in about 20 s
+        lists = standin.count("list") - lists_before
+        [message] = slack.top_level()
+    polls, updates = expected
+    assert lists in polls, f"{lists} polls in 3 s"
+    assert message.updates in updates, f"{message.updates} updates (the sink sends at most one every {UPDATE_INTERVAL_S} s)"

@@ -140,3 +140,19 @@ def test_hourly_budget_still_binds_progress_pacing():
     facts = CycleFacts(in_flight=1, transitions=0, first_run=False, observed=(seen(90),))
     _, decision = succeeded(Pacing(interval_s=30), facts, cadence=cadence, now=T)
     assert (decision.interval_s, decision.reason) == (225, "budget")
+
+
+@pytest.mark.parametrize(
+    ("facts", "expected"),
+    [
+        (CycleFacts(in_flight=1, transitions=0, first_run=False, observed=(seen(25),)), 190),  # the estimate: 190 s
+        (CycleFacts(in_flight=1, transitions=0, first_run=False, observed=(seen(25),), live_s=60), 60),  # a live bar: every minute
+        (CycleFacts(in_flight=1, transitions=0, first_run=False, observed=(seen(25),), live_s=10), 30),  # never under the fast pace
+        (CycleFacts(in_flight=0, transitions=0, first_run=False, live_s=60), 300),  # nothing in flight: the idle pace
+        (CycleFacts(in_flight=1, transitions=0, first_run=False, observed=(seen(25),), live_s=60, remaining=1, limit=100), 300),  # the rate limit wins
+    ],
+)
+def test_a_live_progress_interval_bounds_the_wait_while_in_flight(facts, expected):
+    """RELAY_LIVE_PROGRESS_INTERVAL (passed only when a sink shows live progress) caps progress pacing's wait while anything runs."""
+    cadence = Cadence.of(pacing="progress", fast_s=30, idle_s=300)
+    assert succeeded(Pacing(interval_s=30), facts, cadence=cadence, now=T)[1].interval_s == pytest.approx(expected)
