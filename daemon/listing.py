@@ -18,6 +18,7 @@ leaves at least one page of the cap to the backlog, which resumes at its saved
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
@@ -46,6 +47,21 @@ class ListWindow:
     ordered: bool
     backlog: Backlog | None
     page_span_s: float | None  # created_at span of the last full page: the density estimate for pages owed
+
+    def pages_owed(self, window_s: float | None) -> int | None:
+        """Estimate the pages a backlog of ``window_s`` still owes, assuming it is as dense as the last full page read."""
+        if window_s is None:
+            return None
+        if not self.page_span_s:
+            return 1
+        return max(1, math.ceil(window_s / self.page_span_s))
+
+    def read_since(self, horizon: datetime) -> float:
+        """Return where this reading began: the horizon, or the oldest entry it reached when the page cap stopped it."""
+        if self.backlog is None:
+            return horizon.timestamp()
+        moments = [m.timestamp() for entry in self.items.values() if (m := parse_timestamp(entry.get("created_at"))) is not None]
+        return min(moments, default=horizon.timestamp())
 
 
 @dataclass(frozen=True, slots=True)

@@ -6,7 +6,6 @@ How the list is paged (newest pages first, then any backlog a capped cycle left)
 
 from __future__ import annotations
 
-import math
 import time
 from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
@@ -126,7 +125,7 @@ class Poller:
         made = tuple(event for event, _ in result.events)
         report = self._report(window, cursor, current=[*listed, *owed, *rechecked], events=made, kept=len(kept), calls_before=calls_before)
         new, finished = [c.snapshot for c in kept if c.previous is None], [c.snapshot for c in kept if c.snapshot.terminal]
-        since = _baseline_since(listed, window, plan.horizon) if cursor.first_run else None
+        since = window.read_since(plan.horizon) if cursor.first_run else None
         return replace(report, seen=seen_from(new=new, finished=finished, since=since))
 
     def _plan(self, cursor: Cursor, *, now: datetime) -> ListPlan:
@@ -164,7 +163,7 @@ class Poller:
             first_run=cursor.first_run,
             backlog_pages=window.backlog_pages,
             backlog_window_s=window_s,
-            backlog_pages_owed=_pages_owed(window_s, window.page_span_s),
+            backlog_pages_owed=window.pages_owed(window_s),
             in_flight_snapshots=tuple(s for s in current if not s.terminal),
         )
 
@@ -291,20 +290,3 @@ def _newest(current: str | None, entries: Iterable[Mapping[str, Any]]) -> str | 
 
 def _baseline(cursor: Cursor) -> bool:
     return cursor.backlog is not None and cursor.backlog.baseline_since is not None
-
-
-def _pages_owed(window_s: float | None, page_span_s: float | None) -> int | None:
-    """Estimate the pages a backlog still owes, assuming its window is as dense as the last full page read."""
-    if window_s is None:
-        return None
-    if not page_span_s:
-        return 1
-    return max(1, math.ceil(window_s / page_span_s))
-
-
-def _baseline_since(listed: Sequence[ActionSnapshot], window: ListWindow, horizon: datetime) -> float:
-    """Return where a baseline's reading began: the horizon, or the oldest entry it reached when the page cap stopped it."""
-    if window.backlog is None:
-        return horizon.timestamp()
-    moments = [m.timestamp() for s in listed if (m := parse_timestamp(s.created_at)) is not None]
-    return min(moments, default=horizon.timestamp())

@@ -13,17 +13,16 @@ import re
 from collections.abc import Mapping
 from datetime import timedelta
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Annotated, Literal
 from urllib.parse import urlsplit
 
-from dotenv import dotenv_values
 from pydantic import BeforeValidator, Field, SecretStr, ValidationError, field_validator, model_validator
-from pydantic_settings import BaseSettings, EnvSettingsSource, PydanticBaseSettingsSource, SettingsConfigDict
-from pydantic_settings.sources.utils import parse_env_vars
+from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
 from daemon.errors import ConfigError
 from daemon.libpq import libpq_passwords
 from daemon.projects import ProjectSettings, ProjectSpec, check_project_name, resolve_projects
+from daemon.settings_env import MappingEnvSource, config_error, resolve_environment
 from daemon.sink_settings import (
     _POSTGRES_FORM,
     _REPLICA_ID,
@@ -230,17 +229,6 @@ class RelaySettings(BaseSettings):
         return [v for v in found if len(v) >= 8]  # noqa: PLR2004 - short strings would redact ordinary words
 
 
-class MappingEnvSource(EnvSettingsSource):
-    """An environment source reading a given mapping instead of os.environ."""
-
-    def __init__(self, settings_cls: type[BaseSettings], environ: Mapping[str, str]) -> None:
-        self._environ = environ
-        super().__init__(settings_cls)
-
-    def _load_env_vars(self) -> Mapping[str, str | None]:
-        return parse_env_vars(self._environ, self.case_sensitive, self.env_ignore_empty, self.env_parse_none_str)
-
-
 def load_settings(environ: Mapping[str, str] | None = None, *, require_api: bool = True, require_sink: bool = True) -> RelaySettings:
     """Parse the environment (and ``.env``) into settings, or raise ConfigError."""
     env = resolve_environment(dict(os.environ if environ is None else environ))
@@ -248,35 +236,13 @@ def load_settings(environ: Mapping[str, str] | None = None, *, require_api: bool
         values = MappingEnvSource(RelaySettings, env)()
         settings = RelaySettings(**values)
     except ValidationError as exc:
-        raise _config_error(exc) from None
+        raise config_error(exc) from None
     except ValueError as exc:  # pydantic-settings could not decode a JSON value
         field = re.search(r'field "([a-z_]+)"', str(exc))
         variable = PREFIX + field.group(1).upper() if field else f"{PREFIX}*"
         raise ConfigError(variable, "is not valid JSON (or set its parts one by one: RELAY_SINKS__<NAME>__KIND, ...)") from None
     _check_requirements(settings, require_api=require_api, require_sink=require_sink)
     return settings
-
-
-def resolve_environment(env: dict[str, str]) -> dict[str, str]:
-    """Merge ``.env`` beneath the environment and read every ``RELAY_*_FILE``."""
-    env_file = env.get(f"{PREFIX}ENV_FILE", ".env")
-    if Path(env_file).is_file():
-        for key, value in dotenv_values(env_file).items():
-            if value is not None:
-                env.setdefault(key, value)
-    for key in [k for k in env if k.upper().startswith(PREFIX) and k.upper().endswith("_FILE")]:
-        if key.upper() == f"{PREFIX}ENV_FILE":
-            continue
-        target = key[: -len("_FILE")]
-        if env.get(target):
-            raise ConfigError(key, f"set either {target} or {key}, not both")
-        try:
-            env[target] = Path(env[key]).read_text(encoding="utf-8").strip()
-        except OSError as exc:
-            raise ConfigError(key, f"cannot read the file it names ({exc.strerror})") from None
-        if "__" in key:  # a named sink's field: its model forbids unknown keys such as URL_FILE
-            del env[key]
-    return env
 
 
 def _check_requirements(settings: RelaySettings, *, require_api: bool, require_sink: bool) -> None:
@@ -307,20 +273,3 @@ def _check_projects(settings: RelaySettings) -> None:
             raise ConfigError(
                 f"{PREFIX}SINKS__{name.upper()}__PROJECTS", f"names project {unknown[0]!r}, which is not configured ({', '.join(projects) or 'none'})"
             )
-
-
-def _config_error(exc: ValidationError) -> ConfigError:
-    first = exc.errors(include_url=False, include_input=False)[0]
-    variable = env_name(first["loc"])
-    message = first["msg"].removeprefix("Value error, ")
-    if field := re.match(r"(__[A-Z_]+): ", message):  # a sink's cross-field rule names the field it is about
-        variable, message = variable + field.group(1), message[field.end() :]
-    if first["type"] == "missing":
-        message = "is required"
-    return ConfigError(variable, message)
-
-
-def env_name(loc: tuple[Any, ...]) -> str:
-    """Map a pydantic error location to the variable a user sets."""
-    parts = [str(p).upper() for p in loc if not str(p).startswith(("function-", "literal["))]
-    return PREFIX + "__".join(parts) if parts else f"{PREFIX}*"
