@@ -16,6 +16,7 @@ holding a few hundred finished actions from earlier days.
 from __future__ import annotations
 
 import asyncio
+import bisect
 import functools
 import heapq
 import math
@@ -37,7 +38,7 @@ from daemon.cadence import HOURS_PER_MONTH, Cadence
 from daemon.demo.standin import VoucherifyStandIn
 from daemon.model import TERMINAL_STATUSES, Event, EventType
 from daemon.monthly import Cycle, idle_interval_s
-from daemon.pacing import Pacing, succeeded
+from daemon.pacing import Pacing, started, succeeded, woken
 from daemon.poll_loop import cycle_facts
 from daemon.poller import Poller
 from daemon.settings import PROGRESS_POLL_INTERVAL_S
@@ -196,8 +197,12 @@ async def simulate_relay(
     pacing: str = "adaptive",
     month_budget: int | None = None,
     history: list[ImportJob] | None = None,
+    nudge: bool = False,
 ) -> SimResult:
-    """Run the real Poller through the simulated days, paced by ``daemon.pacing.succeeded`` as Relay._pace paces it."""
+    """Run the real Poller through the simulated days, paced by ``daemon.pacing.succeeded`` as Relay._pace paces it.
+
+    ``nudge``: the customer's application calls ``POST /watch`` as it starts each import (``daemon.pacing.woken``, as the relay does).
+    """
     clock = SimClock(T0)
     standin = VoucherifyStandIn(app_id=APP_ID, app_token=APP_TOKEN, clock=clock.now)
     seed_history(standin, history or [])
@@ -212,6 +217,7 @@ async def simulate_relay(
         return ["webhook"]
 
     cycle = Cycle(start=T0, end=T0 + MONTH_FACTOR * DAY_S)  # the simulated days open a billing cycle
+    starts = [j.start for j in jobs]  # sorted
     with tempfile.TemporaryDirectory(prefix="bench-api-") as tmp:
         store = open_sqlite(Path(tmp) / "state.db")
         async with aiohttp.ClientSession() as session:
@@ -223,6 +229,7 @@ async def simulate_relay(
                 if moment >= end:
                     break
                 scenario.advance_to(moment)
+                state = started(state, now=moment)
                 report = await poller.poll_once()
                 result.cycles += 1
                 if not report.first_run and not report.transitions and not report.events:
@@ -235,7 +242,12 @@ async def simulate_relay(
                 state, decision = succeeded(state, cycle_facts(report, client, idle_s=month_idle), cadence=cadence, now=moment)
                 result.fast_cycles += decision.reason == "busy"
                 result.tail_cycles += decision.reason == "busy" and not report.in_flight and not report.transitions and fast_s < idle_s
-                moment += decision.interval_s
+                later = moment + decision.interval_s
+                upcoming = bisect.bisect_right(starts, moment)
+                if nudge and upcoming < len(starts) and starts[upcoming] < later:
+                    state, wake_at = woken(state, cadence=cadence, now=starts[upcoming])
+                    later = min(later, wake_at)
+                moment = later
         await store.close()
     await standin.close()
     return _tally(result, standin, scenario, detected)

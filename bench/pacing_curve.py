@@ -31,12 +31,14 @@ DAYS: dict[str, tuple[Planner, int, str]] = {
     "busy day": (plan_busy_workload, 200, "200 imports: a quarter under a minute, the rest 1-15 min; a fifth report no progress"),
 }
 PROGRESS_FAST_S = PROGRESS_POLL_INTERVAL_S  # RELAY_POLL_INTERVAL's default under progress pacing
-CONFIGS = (  # name, pacing, fast s, idle s, monthly budget, learns from the project's history
-    ("fixed 30 s", "fixed", 30.0, 30.0, None, True),
-    ("adaptive, defaults (30 s / 300 s)", "adaptive", 30.0, 300.0, None, True),
-    ("progress, defaults (26 s / 300 s)", "progress", PROGRESS_FAST_S, 300.0, None, True),
-    ("progress, monthly budget 10,000", "progress", PROGRESS_FAST_S, 300.0, 10_000, True),
-    ("progress, defaults, new project (no history)", "progress", PROGRESS_FAST_S, 300.0, None, False),
+NUDGED = "progress, idle 3600 s, the application nudges POST /watch at each start"
+CONFIGS = (  # name, pacing, fast s, idle s, monthly budget, learns from the project's history, nudged
+    ("fixed 30 s", "fixed", 30.0, 30.0, None, True, False),
+    ("adaptive, defaults (30 s / 300 s)", "adaptive", 30.0, 300.0, None, True, False),
+    ("progress, defaults (26 s / 300 s)", "progress", PROGRESS_FAST_S, 300.0, None, True, False),
+    ("progress, monthly budget 10,000", "progress", PROGRESS_FAST_S, 300.0, 10_000, True, False),
+    ("progress, defaults, new project (no history)", "progress", PROGRESS_FAST_S, 300.0, None, False, False),
+    (NUDGED, "progress", PROGRESS_FAST_S, 3600.0, None, True, True),
 )
 CURVE_IDLE_S = (60.0, 120.0, 180.0, 300.0, 450.0, 600.0)
 CURVE_STRATEGIES = ("fixed", "adaptive", "progress")  # fixed: one poll every "idle" seconds
@@ -67,9 +69,9 @@ async def run_day(day: str, *, seed: int, curve: tuple[float, ...]) -> tuple[lis
     jobs = planner(imports_per_day=imports, days=1, seed=seed)
     history = prior_days(planner, imports_per_day=imports, seed=seed)
     table = []
-    for name, pacing, fast_s, idle_s, budget, learns in CONFIGS:
+    for name, pacing, fast_s, idle_s, budget, learns, nudge in CONFIGS:
         kept = history if learns else []
-        result = await simulate_relay(jobs, days=1, fast_s=fast_s, idle_s=idle_s, name=name, pacing=pacing, month_budget=budget, history=kept)
+        result = await simulate_relay(jobs, days=1, fast_s=fast_s, idle_s=idle_s, name=name, pacing=pacing, month_budget=budget, history=kept, nudge=nudge)
         table.append(Point.of(name, result))
     table.append(Point.of("naive: list every 30 s + GET each in-flight action", await simulate_naive(jobs, days=1, history=history)))
     points = []
@@ -86,6 +88,7 @@ async def run_day(day: str, *, seed: int, curve: tuple[float, ...]) -> tuple[lis
 def day_markdown(day: str, table: list[Point], points: list[tuple[str, float, Point]], floor: Point) -> str:
     """Render one day's table, the curve's table and the goals."""
     naive, adaptive, progress, monthly = table[-1], table[1], table[2], table[3]
+    nudged = next(p for p in table if p.label == NUDGED)
     rows = [_row(p, floor=floor) for p in [*table, floor]]
     header = ["configuration", "requests/day", "requests/month", "x floor", "detected", "mean s", "p50 s", "p95 s", "max s"]
     curve_rows = [[s, fmt(i, 0), fmt(p.requests_per_day, 0), fmt(p.p95_s, 1), fmt(p.mean_s, 1), fmt(p.max_s, 0)] for s, i, p in points]
@@ -109,6 +112,11 @@ def day_markdown(day: str, table: list[Point], points: list[tuple[str, float, Po
             if best is None
             else f"best: {fmt(best.requests_per_day, 0)} requests/day with p95 {fmt(best.p95_s, 1)} s ({best.label})",
             "meets" if goal2 else "MISSES",
+        ],
+        [
+            "2, when the application calls POST /watch as it starts each import",
+            f"{fmt(nudged.requests_per_day, 0)} requests/day with p95 {fmt(nudged.p95_s, 1)} s ({NUDGED})",
+            "meets" if nudged.requests_per_day <= tenth and nudged.p95_s <= adaptive.p95_s else "MISSES",
         ],
     ]
     return "\n\n".join(
@@ -166,18 +174,20 @@ async def sweep(seeds: range) -> str:
     """Check both goals on many drawings of each day (the real Poller, as above): how often each holds, not one day's luck."""
     rows = []
     for day, (planner, imports, _) in DAYS.items():
-        met1 = met2 = 0
+        met1 = met2 = met2_nudged = 0
         ratios, margins = [], []
         for seed in seeds:
             jobs = planner(imports_per_day=imports, days=1, seed=seed)
             history = prior_days(planner, imports_per_day=imports, seed=seed)
             naive = Point.of("naive", await simulate_naive(jobs, days=1, history=history))
             runs = [
-                await simulate_relay(jobs, days=1, fast_s=f, idle_s=i, name=n, pacing=p, month_budget=m, history=history) for n, p, f, i, m, _ in CONFIGS[1:4]
+                await simulate_relay(jobs, days=1, fast_s=f, idle_s=i, name=n, pacing=p, month_budget=m, history=history, nudge=nudge)
+                for n, p, f, i, m, _, nudge in (*CONFIGS[1:4], CONFIGS[5])
             ]
-            adaptive, progress, monthly = (Point.of(r.name, r) for r in runs)
+            adaptive, progress, monthly, nudged = (Point.of(r.name, r) for r in runs)
             met1 += progress.requests_per_day <= adaptive.requests_per_day and progress.p95_s <= naive.p95_s
             met2 += monthly.requests_per_day <= naive.requests_per_day / 10 and monthly.p95_s <= adaptive.p95_s
+            met2_nudged += nudged.requests_per_day <= naive.requests_per_day / 10 and nudged.p95_s <= adaptive.p95_s
             ratios.append(progress.requests_per_day / adaptive.requests_per_day)
             margins.append(progress.p95_s - naive.p95_s)
         rows.append(
@@ -186,6 +196,7 @@ async def sweep(seeds: range) -> str:
                 f"{seeds.start}-{seeds.stop - 1}",
                 f"{met1}/{len(seeds)}",
                 f"{met2}/{len(seeds)}",
+                f"{met2_nudged}/{len(seeds)}",
                 fmt(percentile(ratios, 50), 2),
                 f"{fmt(min(ratios), 2)}-{fmt(max(ratios), 2)}",
                 fmt(percentile(margins, 50), 1),
@@ -197,6 +208,7 @@ async def sweep(seeds: range) -> str:
         "seeds",
         "goal 1 met (progress defaults)",
         "goal 2 met (monthly 10,000)",
+        "goal 2 met (idle 3600 s, the application nudges)",
         "progress / adaptive requests, median",
         "range",
         "progress p95 - naive p95, median s",
