@@ -161,6 +161,8 @@ def draw(days: dict[str, tuple[list[Point], list[tuple[str, float, Point]], Poin
         naive, monthly = table[-1], table[3]
         ax.scatter([naive.requests_per_day], [naive.p95_s], marker="s", color="black", label="naive 30 s", zorder=3)
         ax.scatter([monthly.requests_per_day], [monthly.p95_s], marker="*", s=120, color="purple", label="monthly 10,000", zorder=3)
+        nudged = next(p for p in table if p.label == NUDGED)
+        ax.scatter([nudged.requests_per_day], [nudged.p95_s], marker="^", s=70, color="red", label="nudged by the app, idle 3600 s", zorder=3)
         ax.scatter([floor.requests_per_day], [floor.p95_s], marker="D", color="green", label="floor (clairvoyant)", zorder=3)
         ax.set_xscale("log")
         ax.set(title=day, xlabel="requests per day (log)", ylabel="p95 detection time, s")
