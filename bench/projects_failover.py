@@ -29,8 +29,6 @@ import sys
 import tempfile
 import time
 from collections import Counter
-from collections.abc import AsyncIterator
-from contextlib import AsyncExitStack, asynccontextmanager
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -43,23 +41,12 @@ from bench.failover import complete_steadily, first_list_after, rejoin, replica_
 from bench.pg_database import bench_server_url, temp_database
 from bench.replica_set import Replica, ReplicaSet
 from daemon.demo.receiver import RecordingReceiver
-from daemon.demo.standin import VoucherifyStandIn
+from daemon.demo.standin import VoucherifyStandIn, standins
 from daemon.leadership import fair_share
 
 MODES = (signal.SIGKILL, signal.SIGTERM)
 REPLICAS = 3
 LEADER = re.compile(r'^voucherify_relay_leader\{project="([^"]+)"\} 1\.0$', re.MULTILINE)
-
-
-@asynccontextmanager
-async def standins(names: list[str]) -> AsyncIterator[dict[str, VoucherifyStandIn]]:
-    """Run one stand-in per project, each with its own app id."""
-    async with AsyncExitStack() as exits:
-        apis = {name: VoucherifyStandIn(app_id=f"app-{name}", app_token=APP_TOKEN) for name in names}
-        for api in apis.values():
-            await api.start()
-            exits.push_async_callback(api.close)
-        yield apis
 
 
 def projects_env(apis: dict[str, VoucherifyStandIn], hook_url: str, overrides: dict[str, str]) -> dict[str, str]:
@@ -118,7 +105,7 @@ async def run_series(server: str, *, projects: int, kills: int, ttl_s: float) ->
     times: dict[str, list[float]] = {}
     resettle: list[float] = []
     try:
-        async with standins(names) as apis:
+        async with standins(names, app_token=APP_TOKEN) as apis:
             with temp_database(server, prefix="relay_bench") as url:
                 env = projects_env(apis, hook.url, {"RELAY_STATE_URL": url, "RELAY_LEASE_TTL": f"{ttl_s}s", "RELAY_LOG_LEVEL": "info"})
                 env |= {"RELAY_POLL_INTERVAL": "1", "RELAY_IDLE_POLL_INTERVAL": "1"}

@@ -16,6 +16,7 @@ from daemon.poll_loop import PACING_HISTORY, cadence_for
 from daemon.projects import project_variable
 from daemon.settings import RelaySettings
 from daemon.sinks.slack_app import SlackAppSink
+from daemon.store import Stores
 from daemon.voucherify import RetryPolicy
 
 EX_CONFIG = 78  # refused credentials are a configuration error, like cli.EX_CONFIG
@@ -43,11 +44,9 @@ async def run_check(settings: RelaySettings) -> int:
         print("sinks: none configured: `run` needs RELAY_WEBHOOK_URL or RELAY_SINKS__<NAME>__KIND/URL")
     for name, scoped in projects.items():
         print_cost(scoped, label=labels[name])
-    state_ok, state_line = await describe_state(settings)
-    print(state_line)
-    if state_ok and settings.pacing == "progress":
-        for line in await describe_learning(projects, labels, state=settings):
-            print(line)
+    state_ok, state_lines = await describe_state(settings, projects, labels)
+    for line in state_lines:
+        print(line)
     async with aiohttp.ClientSession() as session:
         slack_status = await check_slack_apps(settings, session)
         results = [await check_project(scoped, name, session, label=labels[name]) for name, scoped in projects.items()]
@@ -87,54 +86,43 @@ async def check_slack_apps(settings: RelaySettings, session: aiohttp.ClientSessi
     return status
 
 
-async def describe_learning(projects: dict[str, RelaySettings], labels: dict[str, str], *, state: RelaySettings) -> list[str]:
-    """Say, per project, what progress pacing has learned (kept with the state) and the idle interval it gives now."""
-    if state.state_kind == "sqlite" and not state.state_path.exists():
-        return []
-    try:
-        stores = await open_stores(state, mode="ro")
-    except StoreError:
-        return []  # describe_state has said why
-    lines = []
-    try:
-        for name, scoped in projects.items():
-            history = from_text(await stores.for_project(name).actions.load_meta(PACING_HISTORY))
-            if history is None:
-                lines.append(f"pacing{labels[name]}: nothing learned yet: the first poll reads the list's last day to learn from")
-                continue
-            now = time.time()
-            idle_s = learned_idle_s(history, now=now, idle_s=scoped.idle_poll_interval, fast_s=scoped.poll_interval)
-            typical = typical_duration_s(history)
-            lines.append(
-                f"pacing{labels[name]}: learned {rate_per_hour(history, now=now):.2g} new actions an hour over the last day"
-                f"{'' if typical is None else f', most finishing within {typical:,.0f}s'}: idle poll every {idle_s:,.0f}s now; "
-                f"a new action is noticed {expected_detection_s(idle_s):,.0f}s after it starts on average (POST /watch makes it immediate)"
-            )
-    except StoreError as exc:
-        lines.append(f"pacing: could not read what was learned: {exc}")
-    finally:
-        await stores.close()
-    return lines
-
-
-async def describe_state(settings: RelaySettings) -> tuple[bool, str]:
-    """Say whether the state database is reachable and at which schema version (changing nothing)."""
+async def describe_state(settings: RelaySettings, projects: dict[str, RelaySettings], labels: dict[str, str]) -> tuple[bool, list[str]]:
+    """Say whether the state database is reachable and at which schema version, and what progress pacing learned (changing nothing)."""
     where = settings.state_display()
     if settings.state_kind == "sqlite" and not settings.state_path.exists():
-        return True, f"state: {where} does not exist yet; the relay creates it on its first run"
+        return True, [f"state: {where} does not exist yet; the relay creates it on its first run"]
     try:
         stores = await open_stores(settings, mode="ro")
     except StoreError as exc:
         if settings.state_kind == "postgres" and "no relay tables yet" in str(exc):
-            return True, f"state: ok ({where} is reachable; no relay tables yet: the relay creates them on its first run)"
-        return False, f"state: FAILED: {exc}"
+            return True, [f"state: ok ({where} is reachable; no relay tables yet: the relay creates them on its first run)"]
+        return False, [f"state: FAILED: {exc}"]
     try:
         version = await stores.schema_version()
+        learned = await describe_learning(stores, projects, labels) if settings.pacing == "progress" else []
     except StoreError as exc:
-        return False, f"state: FAILED: {exc}"
+        return False, [f"state: FAILED: {exc}"]
     finally:
         await stores.close()
-    return True, f"state: ok ({where} reachable, schema version {version})"
+    return True, [f"state: ok ({where} reachable, schema version {version})", *learned]
+
+
+async def describe_learning(stores: Stores, projects: dict[str, RelaySettings], labels: dict[str, str]) -> list[str]:
+    """Say, per project, what progress pacing has learned (kept with the state) and the idle interval it gives now."""
+    lines, now = [], time.time()
+    for name, scoped in projects.items():
+        history = from_text(await stores.for_project(name).actions.load_meta(PACING_HISTORY))
+        if history is None:
+            lines.append(f"pacing{labels[name]}: nothing learned yet: the first poll reads the list's last day to learn from")
+            continue
+        idle_s = learned_idle_s(history, now=now, idle_s=scoped.idle_poll_interval, fast_s=scoped.poll_interval)
+        typical = typical_duration_s(history)
+        lines.append(
+            f"pacing{labels[name]}: learned {rate_per_hour(history, now=now):.2g} new actions an hour over the last day"
+            f"{'' if typical is None else f', most finishing within {typical:,.0f}s'}: idle poll every {idle_s:,.0f}s now; "
+            f"a new action is noticed {expected_detection_s(idle_s):,.0f}s after it starts on average (POST /watch makes it immediate)"
+        )
+    return lines
 
 
 def print_cost(settings: RelaySettings, *, label: str = "") -> None:

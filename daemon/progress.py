@@ -113,10 +113,11 @@ def past_finishes(interval_s: float, tracks: Mapping[str, Track], *, now: float,
     actions) those few seconds instead. Not while an action without an estimate is in
     flight: it is followed at its own pace, and a later poll would cost it.
     """
-    if any(t.finish_at() is None for t in tracks.values()):
+    finishes = [t.finish_at() for t in tracks.values()]
+    if not finishes or None in finishes:
         return interval_s
-    first = min((f - now for t in tracks.values() if (f := t.finish_at()) is not None), default=None)
-    if first is not None and interval_s < first < interval_s + fast_s * (1 - FINISH_MARGIN_SHARE):
+    first = min(f for f in finishes if f is not None) - now
+    if interval_s < first < interval_s + fast_s * (1 - FINISH_MARGIN_SHARE):
         return first + fast_s * FINISH_MARGIN_SHARE
     return interval_s
 

@@ -53,12 +53,15 @@ async def receiver() -> AsyncIterator[RecordingReceiver]:
 
 
 def relay_env(tmp_path: Path, standin: VoucherifyStandIn, receiver: RecordingReceiver, **overrides: str) -> dict[str, str]:
-    """Return the environment a test relay runs with."""
+    """Return the environment a test relay runs with (the project ``default`` on ``standin``)."""
+    single = {"voucherify_api_url": standin.base_url, "voucherify_app_id": "app-123", "voucherify_app_token": APP_TOKEN}
+    return relay_base_env(tmp_path, receiver, **(single | overrides))
+
+
+def relay_base_env(tmp_path: Path, receiver: RecordingReceiver, **overrides: str) -> dict[str, str]:
+    """Return the environment a test relay runs with, without a project: add RELAY_VOUCHERIFY_* or RELAY_PROJECTS__*."""
     env = {
         "RELAY_ENV_FILE": str(tmp_path / "absent.env"),
-        "RELAY_VOUCHERIFY_API_URL": standin.base_url,
-        "RELAY_VOUCHERIFY_APP_ID": "app-123",
-        "RELAY_VOUCHERIFY_APP_TOKEN": APP_TOKEN,
         "RELAY_POLL_INTERVAL": "0.1",
         "RELAY_IDLE_POLL_INTERVAL": "0.1",
         "RELAY_STATE_URL": f"sqlite:///{tmp_path}/state.db",

@@ -11,7 +11,7 @@ import argparse
 import asyncio
 import contextlib
 import copy
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from http import HTTPStatus
@@ -193,6 +193,17 @@ class VoucherifyStandIn(ActionBook):
         resource = {"resource_id": action_id, "resource_type": "async_action"}
         body = error_body(404, "Resource not found", details, key="not_found", **resource)
         return json_response(body, status=404)
+
+
+@contextlib.asynccontextmanager
+async def standins(names: Iterable[str], *, app_token: str) -> AsyncIterator[dict[str, VoucherifyStandIn]]:
+    """Run one stand-in per project name, each with the app id ``app-<name>``; close them all on the way out."""
+    async with contextlib.AsyncExitStack() as exits:
+        apis = {name: VoucherifyStandIn(app_id=f"app-{name}", app_token=app_token) for name in names}
+        for api in apis.values():
+            await api.start()
+            exits.push_async_callback(api.close)
+        yield apis
 
 
 def _parse_args(argv: list[str] | None) -> argparse.Namespace:

@@ -11,7 +11,18 @@ from pathlib import Path
 
 import pytest
 
+from bench.replica_set import ReplicaSet
 from tests.conftest import watch_output
+from tests.fakes.tcp_proxy import TcpProxy
+
+
+async def stop_replicas(replicas: ReplicaSet, proxies: list[TcpProxy]) -> None:
+    """Stop every replica and close the proxies; no replica may have crashed, and each exited cleanly or was killed by the test."""
+    codes = await replicas.stop()
+    for proxy in proxies:
+        await proxy.close()
+    assert not [line for line in replicas.output().splitlines() if "Traceback" in line or '"level": "critical"' in line], "no replica crashed"
+    assert all(code in (0, -9) for code in codes), codes
 
 
 def cli_env(extra: dict[str, str]) -> dict[str, str]:

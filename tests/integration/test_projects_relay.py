@@ -20,7 +20,7 @@ from daemon.bootstrap import open_stores
 from daemon.demo.receiver import RecordingReceiver
 from daemon.demo.standin import VoucherifyStandIn
 from daemon.settings import RelaySettings, load_settings
-from tests.conftest import WATCH_TOKEN, WEBHOOK_SECRET, running, until
+from tests.conftest import WATCH_TOKEN, relay_base_env, running, until
 from tests.fakes.slack_web import BOT_TOKEN, CHANNEL, FakeSlackWeb
 
 PROJECTS = ("eu", "us")
@@ -48,17 +48,7 @@ async def eu_receiver() -> AsyncIterator[RecordingReceiver]:
 
 def project_settings(tmp_path: Path, apis: dict[str, VoucherifyStandIn], receiver: RecordingReceiver, *names: str, **more: str) -> RelaySettings:
     """Return settings for the named projects (all by default) against their stand-ins, one webhook sink for every project."""
-    env = {
-        "RELAY_ENV_FILE": str(tmp_path / "absent.env"),
-        "RELAY_POLL_INTERVAL": "0.1",
-        "RELAY_IDLE_POLL_INTERVAL": "0.1",
-        "RELAY_STATE_URL": f"sqlite:///{tmp_path}/state.db",
-        "RELAY_WEBHOOK_URL": receiver.url,
-        "RELAY_WEBHOOK_SECRET": WEBHOOK_SECRET,
-        "RELAY_DELIVERY_RETRY_MAX_DELAY": "0.2",
-        "RELAY_LOG_FORMAT": "json",
-        "RELAY_HTTP_LISTEN": "off",
-    }
+    env = relay_base_env(tmp_path, receiver)
     for name in names or PROJECTS:
         prefix = f"RELAY_PROJECTS__{name.upper()}__"
         env |= {f"{prefix}APP_ID": f"app-{name}", f"{prefix}APP_TOKEN": f"tok_{name}_0123456789abcdef", f"{prefix}API_URL": apis[name].base_url}
